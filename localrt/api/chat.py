@@ -1,0 +1,220 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from localrt.api.common import engines_of, new_id, now, parse_body, sse
+from localrt.api.schemas import ChatCompletionRequest, CompletionRequest
+from localrt.engines.chat_format import content_text
+from localrt.engines.llm import ChatResult, LLMEngine, TextDelta, ToolCallDelta
+from localrt.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT = "fp_localrt"
+
+
+def _usage(result: ChatResult) -> dict[str, Any]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    out = []
+    for i, msg in enumerate(req.messages):
+        if msg.role == "tool" and not msg.tool_call_id:
+            raise InvalidRequest(
+                "Messages with role 'tool' must have a 'tool_call_id'.",
+                param=f"messages[{i}].tool_call_id",
+                code="missing_required_parameter",
+            )
+        out.append(msg.model_dump(exclude_none=True))
+        out[-1]["content"] = content_text(out[-1].get("content"))
+    return out
+
+
+async def chat_completions(request: Request) -> Response:
+    req = await parse_body(request, ChatCompletionRequest)
+    engine = await engines_of(request).llm.get(req.model)
+    params = req.sampling(req.max_completion_tokens or req.max_tokens)
+    stream = engine.chat(
+        _messages(req),
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+        tool_choice=req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else req.tool_choice,
+        response_format=req.response_format.to_engine() if req.response_format else None,
+        params=params,
+    )
+    completion_id = new_id("chatcmpl")
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse(_chat_chunks(stream, completion_id, req.model, include_usage))
+
+    text: list[str] = []
+    async with stream:
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+    result = stream.result
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or None, "refusal": None}
+    if result.tool_calls:
+        message["content"] = None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in result.tool_calls
+        ]
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": now(),
+            "model": req.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
+            ],
+            "usage": _usage(result),
+        }
+    )
+
+
+async def _chat_chunks(
+    stream: Any, completion_id: str, model: str, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    created = now()
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    async with stream:
+        yield chunk({"role": "assistant", "content": ""})
+        announced: set[str] = set()
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                yield chunk({"content": event.text})
+            elif isinstance(event, ToolCallDelta):
+                call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+                if event.id not in announced:
+                    announced.add(event.id)
+                    call.update(id=event.id, type="function")
+                    call["function"]["name"] = event.name
+                yield chunk({"tool_calls": [call]})
+    result: ChatResult = stream.result
+    yield chunk({}, result.finish_reason)
+    if include_usage:
+        yield {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [],
+            "usage": _usage(result),
+        }
+
+
+def _prompt_text(req: CompletionRequest, engine: LLMEngine) -> str:
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return str(engine.llama.detokenize(prompt).decode("utf-8", errors="replace"))
+    if len(prompt) != 1:
+        raise InvalidRequest("Only one prompt per request is supported.", param="prompt")
+    return str(prompt[0])
+
+
+async def completions(request: Request) -> Response:
+    req = await parse_body(request, CompletionRequest)
+    engine = await engines_of(request).llm.get(req.model)
+    prompt = _prompt_text(req, engine)
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty.", param="prompt")
+    stream = engine.complete(prompt, req.sampling(req.max_tokens))
+    completion_id = new_id("cmpl")
+    echo = prompt if req.echo else ""
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse(_completion_chunks(stream, completion_id, req.model, echo, include_usage))
+    async with stream:
+        async for _ in stream:
+            pass
+    result = stream.result
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": now(),
+            "model": req.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": echo + result.text,
+                    "logprobs": None,
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": _usage(result),
+        }
+    )
+
+
+async def _completion_chunks(
+    stream: Any, completion_id: str, model: str, echo: str, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    created = now()
+
+    def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    async with stream:
+        if echo:
+            yield chunk(echo)
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                yield chunk(event.text)
+    result: ChatResult = stream.result
+    yield chunk("", result.finish_reason)
+    if include_usage:
+        final = chunk("")
+        final["choices"] = []
+        final["usage"] = _usage(result)
+        yield final
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+]

@@ -1,0 +1,82 @@
+"""``GET /v1/models``, ``GET /v1/models/{id}`` and ``GET /health``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from localrt.api.common import engines_of
+from localrt.engines import Engines
+from localrt.errors import ModelNotFound
+
+# Speech aliases, so clients asking for OpenAI's names find them listed.
+STT_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+def _model(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "localrt", **extra}
+
+
+def model_cards(engines: Engines) -> dict[str, dict[str, Any]]:
+    """Every model id this server answers to, with what it is."""
+    cards: dict[str, dict[str, Any]] = {}
+    pool = engines.llm
+    for model_id in pool.ids():
+        _, created = pool.info(model_id)
+        cards[model_id] = _model(model_id, created, kind="chat", loaded=model_id in pool.loaded_ids)
+    default_created = cards[pool.default_id]["created"]
+    for alias in pool.aliases():
+        cards.setdefault(alias, _model(alias, default_created, kind="chat", alias_of=pool.default_id))
+    if engines.stt is not None:
+        cards[engines.stt.id] = _model(engines.stt.id, default_created, kind="transcription", loaded=True)
+        for alias in STT_ALIASES:
+            cards.setdefault(alias, _model(alias, default_created, kind="transcription", alias_of=engines.stt.id))
+    if engines.tts is not None:
+        for voice in engines.tts.voices():
+            cards.setdefault(voice.id, _model(voice.id, default_created, kind="speech", loaded=True))
+        for alias in TTS_ALIASES:
+            cards.setdefault(
+                alias, _model(alias, default_created, kind="speech", alias_of=engines.tts.default_voice)
+            )
+    return cards
+
+
+async def list_models(request: Request) -> Response:
+    cards = model_cards(engines_of(request))
+    return JSONResponse({"object": "list", "data": list(cards.values())})
+
+
+async def get_model(request: Request) -> Response:
+    model_id = request.path_params["model_id"]
+    card = model_cards(engines_of(request)).get(model_id)
+    if card is None:
+        raise ModelNotFound(model_id, param="model")
+    return JSONResponse(card)
+
+
+async def health(request: Request) -> Response:
+    engines = engines_of(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "chat": {
+                "default": engines.llm.default_id,
+                "loaded": engines.llm.loaded_ids,
+                "busy": engines.llm.busy,
+            },
+            "stt": engines.stt.id if engines.stt is not None else None,
+            "tts": engines.tts.default_voice if engines.tts is not None else None,
+            "vad": engines.vad is not None,
+        }
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+]

@@ -1,0 +1,149 @@
+"""The ASGI application: routes, middleware, error rendering and the engines' lifetime.
+
+``create_app(settings, engines=None)`` builds everything explicitly; there is no module-level state.
+Without ``engines`` the lifespan loads them from the settings in a worker thread (the models are loaded
+at start-up, never on the first request) and closes them at shutdown; tests may pass their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from localrt.api import chat as chat_api
+from localrt.api import models as models_api
+from localrt.engines import Engines, load_engines
+from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
+from localrt.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    if exc.status >= 500:
+        logger.error("%s %s -> %r", request.method, request.url.path, exc)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err: APIError = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+        err.code = "unknown_url"
+    else:
+        err = APIError(str(exc.detail), status=exc.status_code, code=None)
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(ServerError("The server had an error while processing your request."))
+
+
+def bearer_key(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def key_matches(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+class APIKeyMiddleware:
+    """401 for /v1 HTTP requests without the configured key (WebSockets check it at the handshake)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+            headers = dict(scope["headers"])
+            given = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
+            if not key_matches(self.api_key, given):
+                if given is None:
+                    err = AuthenticationError(
+                        "You didn't provide an API key. Provide it in the Authorization header "
+                        "(Authorization: Bearer YOUR_KEY).",
+                    )
+                    err.code = None  # OpenAI's shape when no key was sent at all
+                else:
+                    err = AuthenticationError("Incorrect API key provided.")
+                await error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _pending_routes() -> list[Any]:
+    # TEMPORARY while the audio and realtime modules are being written.
+    import importlib
+
+    out: list[Any] = []
+    for name in ("localrt.api.audio", "localrt.realtime.endpoint"):
+        try:
+            out.extend(importlib.import_module(name).routes)
+        except ImportError:
+            logger.warning("routes of %s not available yet", name)
+    return out
+
+
+def create_app(settings: Settings | None = None, engines: Engines | None = None) -> Starlette:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        owned = engines is None
+        loaded = engines if engines is not None else await anyio.to_thread.run_sync(load_engines, settings)
+        app.state.engines = loaded
+        try:
+            yield {}
+        finally:
+            if owned:
+                await anyio.to_thread.run_sync(loaded.close)
+
+    middleware = []
+    if settings.cors_allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allow_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+            )
+        )
+    if settings.api_key is not None:
+        middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
+
+    app = Starlette(
+        routes=[*chat_api.routes, *models_api.routes, *_pending_routes()],
+        middleware=middleware,
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if engines is not None:
+        app.state.engines = engines
+    return app

@@ -1,0 +1,87 @@
+"""Command line: ``localrt serve`` and ``localrt models``.
+
+The ``serve`` flags are generated from :class:`localrt.settings.Settings` by pydantic-settings, so each
+setting has one description shared by ``--help``, the environment variable and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
+
+from localrt import catalog
+from localrt.settings import Settings
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Settings]]]:
+    parser = argparse.ArgumentParser(
+        prog="localrt",
+        description="A local, OpenAI-compatible chat, speech and Realtime server.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sources: dict[str, CliSettingsSource[Settings]] = {}
+    serve = sub.add_parser(
+        "serve",
+        help="serve the HTTP and Realtime API",
+        description="Serve the OpenAI-compatible API. Every flag can also be set with the environment "
+        "variable LOCALRT_<NAME> (e.g. LOCALRT_PORT=8001).",
+    )
+    sources["serve"] = CliSettingsSource(Settings, root_parser=serve, cli_kebab_case=True)
+    models = sub.add_parser("models", help="list the models this server can serve")
+    sources["models"] = CliSettingsSource(Settings, root_parser=models, cli_kebab_case=True)
+    return parser, sources
+
+
+def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> Settings:
+    try:
+        return Settings(_cli_settings_source=source(parsed_args=args))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        sys.exit(f"localrt: invalid settings:\n{exc}")
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from localrt.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def list_models(settings: Settings) -> None:
+    cat = catalog.scan(settings.models_dir)
+    rows = (
+        [("chat", mid, path) for mid, path in cat.llms.items()]
+        + [("transcription", mid, path) for mid, path in cat.whispers.items()]
+        + [("speech", mid, path) for mid, path in cat.voices.items()]
+        + ([("vad", "silero-vad", cat.vad)] if cat.vad else [])
+    )
+    print(json.dumps([{"kind": k, "id": i, "path": str(p)} for k, i, p in rows], indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser, sources = _parser()
+    args = parser.parse_args(argv)
+    settings = _settings(sources[args.command], args)
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "models":
+        list_models(settings)

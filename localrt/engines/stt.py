@@ -1,0 +1,366 @@
+"""Speech to text: Whisper on faster-whisper (CTranslate2).
+
+The model is always a LOCAL CTranslate2 folder (the embedded tiny.en, a folder under ``models_dir`` or
+a path): given anything else faster-whisper would try to download from a hub, which we never do.
+Decoding happens while faster-whisper's lazy ``segments`` generator is iterated, so both the call to
+``transcribe`` and the iteration run in this engine's worker thread (see :mod:`.threaded`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from localrt.catalog import EMBEDDED_STT_ID, Catalog
+from localrt.engines.threaded import ThreadedStream
+from localrt.errors import APIError, InvalidRequest, ModelNotFound, ServerError
+from localrt.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["transcribe", "translate"]
+
+# Whisper's language codes and the English names OpenAI reports in verbose_json.
+_LANGUAGE_NAMES: dict[str, str] = {
+    code: name
+    for code, name in (
+        pair.split(":")
+        for pair in [
+            "en:english",
+            "zh:chinese",
+            "de:german",
+            "es:spanish",
+            "ru:russian",
+            "ko:korean",
+            "fr:french",
+            "ja:japanese",
+            "pt:portuguese",
+            "tr:turkish",
+            "pl:polish",
+            "ca:catalan",
+            "nl:dutch",
+            "ar:arabic",
+            "sv:swedish",
+            "it:italian",
+            "id:indonesian",
+            "hi:hindi",
+            "fi:finnish",
+            "vi:vietnamese",
+            "he:hebrew",
+            "uk:ukrainian",
+            "el:greek",
+            "ms:malay",
+            "cs:czech",
+            "ro:romanian",
+            "da:danish",
+            "hu:hungarian",
+            "ta:tamil",
+            "no:norwegian",
+            "th:thai",
+            "ur:urdu",
+            "hr:croatian",
+            "bg:bulgarian",
+            "lt:lithuanian",
+            "la:latin",
+            "mi:maori",
+            "ml:malayalam",
+            "cy:welsh",
+            "sk:slovak",
+            "te:telugu",
+            "fa:persian",
+            "lv:latvian",
+            "bn:bengali",
+            "sr:serbian",
+            "az:azerbaijani",
+            "sl:slovenian",
+            "kn:kannada",
+            "et:estonian",
+            "mk:macedonian",
+            "br:breton",
+            "eu:basque",
+            "is:icelandic",
+            "hy:armenian",
+            "ne:nepali",
+            "mn:mongolian",
+            "bs:bosnian",
+            "kk:kazakh",
+            "sq:albanian",
+            "sw:swahili",
+            "gl:galician",
+            "mr:marathi",
+            "pa:punjabi",
+            "si:sinhala",
+            "km:khmer",
+            "sn:shona",
+            "yo:yoruba",
+            "so:somali",
+            "af:afrikaans",
+            "oc:occitan",
+            "ka:georgian",
+            "be:belarusian",
+            "tg:tajik",
+            "sd:sindhi",
+            "gu:gujarati",
+            "am:amharic",
+            "yi:yiddish",
+            "lo:lao",
+            "uz:uzbek",
+            "fo:faroese",
+            "ht:haitian_creole",
+            "ps:pashto",
+            "tk:turkmen",
+            "nn:nynorsk",
+            "mt:maltese",
+            "sa:sanskrit",
+            "lb:luxembourgish",
+            "my:myanmar",
+            "bo:tibetan",
+            "tl:tagalog",
+            "mg:malagasy",
+            "as:assamese",
+            "tt:tatar",
+            "haw:hawaiian",
+            "ln:lingala",
+            "ha:hausa",
+            "ba:bashkir",
+            "jw:javanese",
+            "su:sundanese",
+            "yue:cantonese",
+        ]
+    )
+}
+
+
+def language_name(code: str) -> str:
+    """``en`` -> ``english`` (OpenAI's verbose_json spelling); unknown codes are returned as given."""
+    return _LANGUAGE_NAMES.get(code, code).replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[Word] | None
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    language: str
+    duration: float
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class _Info:
+    language: str
+    duration: float
+
+
+def _resolve_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def _resolve_model(settings: Settings, catalog: Catalog) -> tuple[str, Path]:
+    name = settings.stt_model
+    if name is None:
+        if EMBEDDED_STT_ID not in catalog.whispers:
+            raise ModelNotFound(EMBEDDED_STT_ID, param="stt_model")
+        return EMBEDDED_STT_ID, catalog.whispers[EMBEDDED_STT_ID]
+    if name in catalog.whispers:
+        return name, catalog.whispers[name]
+    path = Path(name).expanduser()
+    if (path / "model.bin").is_file():
+        return path.resolve().name, path.resolve()
+    raise ModelNotFound(name, param="stt_model")
+
+
+class WhisperEngine:
+    """One loaded Whisper model, shared by the HTTP routes and realtime sessions."""
+
+    sample_rate: int = 16_000
+    # OpenAI transcription model names that route to the loaded model.
+    aliases: ClassVar[tuple[str, ...]] = (
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+    )
+
+    def __init__(self, model_id: str, model: Any, *, device: str, compute_type: str) -> None:
+        self.id = model_id
+        self.device = device
+        self.compute_type = compute_type
+        self._model = model
+        # One worker: CTranslate2 runs one generation per model replica at a time anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stt-{model_id}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, catalog: Catalog) -> WhisperEngine:
+        """Load the configured model (blocking; call at start-up, before serving)."""
+        from faster_whisper import WhisperModel
+
+        model_id, path = _resolve_model(settings, catalog)
+        if not (path / "tokenizer.json").is_file():
+            # Without it faster-whisper fetches a tokenizer from the network.
+            raise InvalidRequest(f"Whisper folder {path} has no tokenizer.json.", param="stt_model")
+        device = _resolve_device(settings.stt_device)
+        compute_type = settings.stt_compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        model = WhisperModel(
+            str(path), device=device, compute_type=compute_type, cpu_threads=settings.stt_threads
+        )
+        logger.info("loaded whisper %s from %s on %s/%s", model_id, path, device, compute_type)
+        return cls(model_id, model, device=device, compute_type=compute_type)
+
+    def model_ids(self) -> list[str]:
+        """Every model name a request may use for this engine (its id first)."""
+        return [self.id, *self.aliases]
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self._model.supported_languages)
+
+    def stream(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        word_timestamps: bool = False,
+        task: Task = "transcribe",
+    ) -> ThreadedStream[Segment]:
+        """Segments as Whisper decodes them. Close the stream (``async with``) to stop early."""
+        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
+
+        def segments_only(stop: threading.Event) -> Iterator[Segment]:
+            for item in produce(stop):
+                if isinstance(item, Segment):
+                    yield item
+
+        return ThreadedStream(self._executor, segments_only)
+
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        word_timestamps: bool = False,
+        task: Task = "transcribe",
+    ) -> Transcription:
+        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
+        info = _Info(language or "en", len(audio) / self.sample_rate)
+        segments: list[Segment] = []
+        async with ThreadedStream(self._executor, produce) as items:
+            async for item in items:
+                if isinstance(item, _Info):
+                    info = item
+                else:
+                    segments.append(item)
+        text = "".join(s.text for s in segments).strip()
+        return Transcription(text=text, language=info.language, duration=info.duration, segments=segments)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._model = None
+
+    def _producer(
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        prompt: str | None,
+        temperature: float,
+        word_timestamps: bool,
+        task: Task,
+    ) -> Any:
+        if self._model is None:
+            raise ServerError("The speech-to-text engine is closed.")
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise InvalidRequest("Audio must be mono.", param="file")
+        if language is not None:
+            language = language.strip().lower() or None
+        if language is not None and language not in self.languages:
+            raise InvalidRequest(
+                f"Unsupported language '{language}' for model {self.id}; supported: "
+                f"{', '.join(self.languages)}.",
+                param="language",
+            )
+        if task not in ("transcribe", "translate"):
+            raise InvalidRequest(f"Unknown task '{task}'.", param="task")
+        if not 0.0 <= temperature <= 1.0:
+            raise InvalidRequest("temperature must be between 0 and 1.", param="temperature")
+        # OpenAI: temperature 0 means "start greedy, raise the temperature on failure".
+        temperatures: Any = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if temperature == 0 else temperature
+        model = self._model
+
+        def produce(stop: threading.Event) -> Iterator[_Info | Segment]:
+            try:
+                segments, info = model.transcribe(
+                    audio,
+                    language=language,
+                    task=task,
+                    initial_prompt=prompt or None,
+                    temperature=temperatures,
+                    word_timestamps=word_timestamps,
+                )
+                yield _Info(info.language, float(info.duration))
+                for seg in segments:  # decoding happens here, in the worker thread
+                    yield _segment(seg)
+            except APIError:
+                raise
+            except Exception as exc:
+                logger.exception("whisper failed")
+                raise ServerError(f"Transcription failed: {exc}") from exc
+
+        return produce
+
+
+def _segment(seg: Any) -> Segment:
+    words = None
+    if seg.words is not None:
+        words = [Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in seg.words]
+    return Segment(
+        id=int(seg.id),
+        seek=int(seg.seek),
+        start=float(seg.start),
+        end=float(seg.end),
+        text=seg.text,
+        tokens=list(seg.tokens),
+        temperature=float(seg.temperature or 0.0),
+        avg_logprob=float(seg.avg_logprob),
+        compression_ratio=float(seg.compression_ratio),
+        no_speech_prob=float(seg.no_speech_prob),
+        words=words,
+    )

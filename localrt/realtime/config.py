@@ -1,0 +1,462 @@
+"""The session configuration: one internal model, rendered in the client's shape (GA or beta).
+
+- :class:`SessionConfig` is what the rest of the loop reads. It is never mutated in place: an update
+  builds a new one, so a response that already started keeps the settings it started with.
+- :func:`apply_update` merges a partial ``session.update`` into the current settings and validates the
+  result as a whole: the current session is rendered in the client's dialect, the update is deep-merged
+  into it (objects merge field by field unless their ``type`` changes; lists, scalars and ``null``
+  replace), and the merged object is validated by the dialect's pydantic model. Any error drops the whole
+  update; its ``param`` is the dotted path inside ``session``.
+- :func:`response_options` overlays a ``response.create`` override on the session for one response.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from localrt.errors import InvalidRequest, MissingParameter
+from localrt.realtime import formats
+from localrt.realtime import wire_config as w
+from localrt.realtime.events import Dialect, validation_error
+from localrt.realtime.formats import AudioFormat
+
+SessionType = Literal["realtime", "transcription"]
+SESSION_LIFETIME_S = 3600
+# semantic_vad has no semantic model here: it maps to server VAD with a silence window per eagerness.
+SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = w.DEFAULT_SILENCE_MS
+    idle_timeout_ms: int | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+    eagerness: str = "auto"
+
+    @property
+    def silence_ms(self) -> int:
+        if self.type == "semantic_vad":
+            return SEMANTIC_SILENCE_MS[self.eagerness]
+        return self.silence_duration_ms
+
+
+@dataclass(frozen=True)
+class Transcription:
+    model: str = "whisper-1"
+    language: str | None = None
+    prompt: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # newer GA fields, echoed back
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    type: SessionType = "realtime"
+    model: str = "gpt-realtime"
+    instructions: str = w.DEFAULT_INSTRUCTIONS
+    audio_output: bool = True  # output_modalities ["audio"] (audio + transcript) vs ["text"]
+    input_format: AudioFormat = formats.PCM16
+    output_format: AudioFormat = formats.PCM16
+    transcription: Transcription | None = None
+    noise_reduction: dict[str, Any] | None = None
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    voice: str | dict[str, str] = "alloy"
+    speed: float = 1.0
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | Literal["inf"] = "inf"
+    temperature: float = 0.8
+    extras: dict[str, Any] = field(default_factory=dict)  # tracing, truncation, prompt, include, ...
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice["id"]
+
+
+def initial(session_type: SessionType, model: str) -> SessionConfig:
+    return SessionConfig(type=session_type, model=model)
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+def _turn_detection_wire(td: TurnDetection | None) -> dict[str, Any] | None:
+    if td is None:
+        return None
+    if td.type == "semantic_vad":
+        return {
+            "type": "semantic_vad",
+            "eagerness": td.eagerness,
+            "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response,
+        }
+    return {
+        "type": "server_vad",
+        "threshold": td.threshold,
+        "prefix_padding_ms": td.prefix_padding_ms,
+        "silence_duration_ms": td.silence_duration_ms,
+        "idle_timeout_ms": td.idle_timeout_ms,
+        "create_response": td.create_response,
+        "interrupt_response": td.interrupt_response,
+    }
+
+
+def _transcription_wire(tr: Transcription | None) -> dict[str, Any] | None:
+    if tr is None:
+        return None
+    return {"model": tr.model, "language": tr.language, "prompt": tr.prompt, **tr.extra}
+
+
+def render(
+    cfg: SessionConfig, dialect: Dialect, *, session_id: str | None = None, expires_at: int | None = None
+) -> dict[str, Any]:
+    """The session object as the client sees it. Without ``session_id``: only the updatable fields."""
+    body = _render_ga(cfg) if dialect == "ga" else _render_beta(cfg)
+    if session_id is None:
+        return body
+    head: dict[str, Any] = {}
+    if dialect == "ga":
+        head["type"] = body.pop("type")
+    obj = "realtime.transcription_session" if cfg.type == "transcription" else "realtime.session"
+    head.update({"object": obj, "id": session_id})
+    if cfg.type == "realtime":
+        head["model"] = body.pop("model")
+    else:
+        body.pop("model", None)
+    head["expires_at"] = expires_at if expires_at is not None else int(time.time()) + SESSION_LIFETIME_S
+    if dialect == "beta":
+        head["client_secret"] = None
+    return {**head, **body}
+
+
+def _render_ga(cfg: SessionConfig) -> dict[str, Any]:
+    audio_input = {
+        "format": cfg.input_format.ga(),
+        "transcription": _transcription_wire(cfg.transcription),
+        "noise_reduction": cfg.noise_reduction,
+        "turn_detection": _turn_detection_wire(cfg.turn_detection),
+    }
+    if cfg.type == "transcription":
+        return {
+            "type": "transcription",
+            "model": cfg.model,
+            "audio": {"input": audio_input},
+            "include": cfg.extras.get("include"),
+        }
+    return {
+        "type": "realtime",
+        "model": cfg.model,
+        "output_modalities": ["audio"] if cfg.audio_output else ["text"],
+        "instructions": cfg.instructions,
+        "tools": [dict(t) for t in cfg.tools],
+        "tool_choice": cfg.tool_choice,
+        "max_output_tokens": cfg.max_output_tokens,
+        "tracing": cfg.extras.get("tracing"),
+        "truncation": cfg.extras.get("truncation", "auto"),
+        "prompt": cfg.extras.get("prompt"),
+        "include": cfg.extras.get("include"),
+        "audio": {
+            "input": audio_input,
+            "output": {"format": cfg.output_format.ga(), "voice": cfg.voice, "speed": cfg.speed},
+        },
+    }
+
+
+def _render_beta(cfg: SessionConfig) -> dict[str, Any]:
+    common = {
+        "input_audio_format": cfg.input_format.name,
+        "input_audio_transcription": _transcription_wire(cfg.transcription),
+        "input_audio_noise_reduction": cfg.noise_reduction,
+        "turn_detection": _turn_detection_wire(cfg.turn_detection),
+        "include": cfg.extras.get("include"),
+    }
+    if cfg.type == "transcription":
+        return {"model": cfg.model, **common}
+    return {
+        "model": cfg.model,
+        "modalities": ["text", "audio"] if cfg.audio_output else ["text"],
+        "instructions": cfg.instructions,
+        "voice": cfg.voice,
+        "speed": cfg.speed,
+        "output_audio_format": cfg.output_format.name,
+        **common,
+        "tools": [dict(t) for t in cfg.tools],
+        "tool_choice": cfg.tool_choice,
+        "temperature": cfg.temperature,
+        "max_response_output_tokens": cfg.max_output_tokens,
+        "tracing": cfg.extras.get("tracing"),
+        "truncation": cfg.extras.get("truncation"),
+        "prompt": cfg.extras.get("prompt"),
+    }
+
+
+# --- updates ------------------------------------------------------------------------------------------------
+def _merge(base: Any, update: Any) -> Any:
+    if isinstance(base, dict) and isinstance(update, dict) and update.get("type", base.get("type")) == base.get(
+        "type"
+    ):
+        merged = dict(base)
+        for key, value in update.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return update
+
+
+def _dump(model: BaseModel | None) -> Any:
+    return None if model is None else model.model_dump(exclude_none=False)
+
+
+def apply_update(
+    cfg: SessionConfig, update: dict[str, Any], dialect: Dialect, *, transcription_event: bool = False
+) -> SessionConfig:
+    """A new config with ``update`` merged in; raises an APIError (param ``session.…``) if invalid.
+
+    ``transcription_event``: the update came as beta ``transcription_session.update``.
+    """
+    if dialect == "ga":
+        if "type" not in update:
+            raise MissingParameter("Missing required parameter: 'session.type'.", param="session.type")
+        if update["type"] not in ("realtime", "transcription"):
+            raise InvalidRequest(
+                f"Invalid value: {update['type']!r}. Supported values are: 'realtime' and 'transcription'.",
+                param="session.type",
+            )
+        if update["type"] != cfg.type:
+            raise InvalidRequest(
+                f"Cannot change the session type from '{cfg.type}' to '{update['type']}'.",
+                param="session.type",
+            )
+    elif transcription_event != (cfg.type == "transcription"):
+        expected = "transcription_session.update" if cfg.type == "transcription" else "session.update"
+        raise InvalidRequest(
+            f"This is a {cfg.type} session: configure it with '{expected}'.", param="type"
+        )
+    merged = _merge(render(cfg, dialect), update)
+    model_cls: type[BaseModel]
+    if dialect == "ga":
+        model_cls = w.GASession if cfg.type == "realtime" else w.GATranscriptionSession
+    else:
+        model_cls = w.BetaSession if cfg.type == "realtime" else w.BetaTranscriptionSession
+    try:
+        parsed = model_cls.model_validate(merged)
+    except ValidationError as exc:
+        raise validation_error(exc, merged, "session") from None
+    return _from_wire(cfg, parsed)
+
+
+def _turn_detection(wire: w.ServerVadWire | w.SemanticVadWire | None) -> TurnDetection | None:
+    if wire is None:
+        return None
+    if isinstance(wire, w.SemanticVadWire):
+        return TurnDetection(
+            type="semantic_vad",
+            eagerness=wire.eagerness,
+            create_response=wire.create_response,
+            interrupt_response=wire.interrupt_response,
+        )
+    return TurnDetection(
+        threshold=wire.threshold,
+        prefix_padding_ms=wire.prefix_padding_ms,
+        silence_duration_ms=wire.silence_duration_ms,
+        idle_timeout_ms=wire.idle_timeout_ms,
+        create_response=wire.create_response,
+        interrupt_response=wire.interrupt_response,
+    )
+
+
+def _transcription(wire: w.TranscriptionWire | None) -> Transcription | None:
+    if wire is None:
+        return None
+    extra = {k: v for k, v in wire.model_dump(include={"languages", "keywords", "delay"}).items() if v is not None}
+    return Transcription(model=wire.model, language=wire.language, prompt=wire.prompt, extra=extra)
+
+
+def _ga_format(wire: Any) -> AudioFormat:
+    return formats.BY_GA_TYPE[wire.type]
+
+
+def _voice(wire: str | w.VoiceId) -> str | dict[str, str]:
+    return wire if isinstance(wire, str) else {"id": wire.id}
+
+
+def _tools(wire: list[w.FunctionToolWire]) -> tuple[dict[str, Any], ...]:
+    return tuple(t.model_dump() for t in wire)
+
+
+def _tool_choice(wire: str | w.ToolChoiceFunction) -> str | dict[str, Any]:
+    return wire if isinstance(wire, str) else wire.model_dump()
+
+
+def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
+    extras = dict(cfg.extras)
+    if isinstance(p, w.GASession):
+        extras.update(tracing=p.tracing, truncation=p.truncation, prompt=p.prompt, include=p.include)
+        a_in, a_out = p.audio.input, p.audio.output
+        return replace(
+            cfg,
+            instructions=p.instructions,
+            audio_output="audio" in p.output_modalities,
+            input_format=_ga_format(a_in.format),
+            output_format=_ga_format(a_out.format),
+            transcription=_transcription(a_in.transcription),
+            noise_reduction=_dump(a_in.noise_reduction),
+            turn_detection=_turn_detection(a_in.turn_detection),
+            voice=_voice(a_out.voice),
+            speed=a_out.speed,
+            tools=_tools(p.tools),
+            tool_choice=_tool_choice(p.tool_choice),
+            max_output_tokens=p.max_output_tokens,
+            extras=extras,
+        )
+    if isinstance(p, w.GATranscriptionSession):
+        extras.update(include=p.include)
+        t_in = p.audio.input
+        return replace(
+            cfg,
+            input_format=_ga_format(t_in.format),
+            transcription=_transcription(t_in.transcription),
+            noise_reduction=_dump(t_in.noise_reduction),
+            turn_detection=_turn_detection(t_in.turn_detection),
+            extras=extras,
+        )
+    if isinstance(p, w.BetaSession):
+        extras.update(tracing=p.tracing, truncation=p.truncation, prompt=p.prompt, include=p.include)
+        return replace(
+            cfg,
+            instructions=p.instructions,
+            audio_output="audio" in p.modalities,
+            input_format=formats.BY_NAME[p.input_audio_format],
+            output_format=formats.BY_NAME[p.output_audio_format],
+            transcription=_transcription(p.input_audio_transcription),
+            noise_reduction=_dump(p.input_audio_noise_reduction),
+            turn_detection=_turn_detection(p.turn_detection),
+            voice=_voice(p.voice),
+            speed=p.speed,
+            tools=_tools(p.tools),
+            tool_choice=_tool_choice(p.tool_choice),
+            temperature=p.temperature,
+            max_output_tokens=p.max_response_output_tokens,
+            extras=extras,
+        )
+    if not isinstance(p, w.BetaTranscriptionSession):
+        raise TypeError(f"unexpected session model {type(p).__name__}")
+    extras.update(include=p.include)
+    return replace(
+        cfg,
+        input_format=formats.BY_NAME[p.input_audio_format],
+        transcription=_transcription(p.input_audio_transcription),
+        noise_reduction=_dump(p.input_audio_noise_reduction),
+        turn_detection=_turn_detection(p.turn_detection),
+        extras=extras,
+    )
+
+
+# --- per-response overrides ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResponseOptions:
+    """The settings of one response: the session's, overlaid with the ``response.create`` overrides."""
+
+    audio_output: bool
+    instructions: str
+    tools: tuple[dict[str, Any], ...]
+    tool_choice: str | dict[str, Any]
+    output_format: AudioFormat
+    voice: str | dict[str, str]
+    speed: float
+    max_output_tokens: int | Literal["inf"]
+    temperature: float
+    metadata: dict[str, str] | None = None
+    conversation: Literal["auto", "none"] = "auto"
+    input: list[Any] | None = None  # parsed items / item references, or None = the conversation
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice["id"]
+
+    @property
+    def max_tokens(self) -> int | None:
+        return None if self.max_output_tokens == "inf" else int(self.max_output_tokens)
+
+    def chat_tools(self) -> list[dict[str, Any]] | None:
+        """The tools in the chat-completions format the LLM engine takes."""
+        if not self.tools:
+            return None
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description") or "",
+                    "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+                },
+            }
+            for t in self.tools
+        ]
+
+    def chat_tool_choice(self) -> str | dict[str, Any] | None:
+        if not self.tools:
+            return None
+        if isinstance(self.tool_choice, dict):
+            return {"type": "function", "function": {"name": self.tool_choice["name"]}}
+        return self.tool_choice
+
+
+def response_options(cfg: SessionConfig, raw: dict[str, Any] | None, dialect: Dialect) -> ResponseOptions:
+    opts = ResponseOptions(
+        audio_output=cfg.audio_output,
+        instructions=cfg.instructions,
+        tools=cfg.tools,
+        tool_choice=cfg.tool_choice,
+        output_format=cfg.output_format,
+        voice=cfg.voice,
+        speed=cfg.speed,
+        max_output_tokens=cfg.max_output_tokens,
+        temperature=cfg.temperature,
+    )
+    if not raw:
+        return opts
+    model_cls: type[BaseModel] = w.GAResponseParams if dialect == "ga" else w.BetaResponseParams
+    try:
+        p: Any = model_cls.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, raw, "response") from None
+    changes: dict[str, Any] = {}
+    if p.instructions is not None:
+        changes["instructions"] = p.instructions
+    if p.tools is not None:
+        changes["tools"] = _tools(p.tools)
+    if p.tool_choice is not None:
+        changes["tool_choice"] = _tool_choice(p.tool_choice)
+    if p.metadata is not None:
+        changes["metadata"] = dict(p.metadata)
+    if p.conversation is not None:
+        changes["conversation"] = p.conversation
+    if p.input is not None:
+        changes["input"] = list(p.input)
+    if isinstance(p, w.GAResponseParams):
+        if p.output_modalities is not None:
+            changes["audio_output"] = "audio" in p.output_modalities
+        if p.audio is not None and p.audio.output is not None:
+            if p.audio.output.format is not None:
+                changes["output_format"] = _ga_format(p.audio.output.format)
+            if p.audio.output.voice is not None:
+                changes["voice"] = _voice(p.audio.output.voice)
+        if p.max_output_tokens is not None:
+            changes["max_output_tokens"] = p.max_output_tokens
+    else:
+        if p.modalities is not None:
+            changes["audio_output"] = "audio" in p.modalities
+        if p.output_audio_format is not None:
+            changes["output_format"] = formats.BY_NAME[p.output_audio_format]
+        if p.voice is not None:
+            changes["voice"] = _voice(p.voice)
+        if p.temperature is not None:
+            changes["temperature"] = p.temperature
+        if p.max_response_output_tokens is not None:
+            changes["max_output_tokens"] = p.max_response_output_tokens
+    return replace(opts, **changes)

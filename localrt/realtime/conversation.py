@@ -1,0 +1,287 @@
+"""The conversation: ordered items, and their conversion to the chat messages the LLM sees.
+
+Items are dataclasses; the wire shapes (GA ``output_text`` vs beta ``text``) exist only in
+:meth:`Item.to_wire`. Audio is kept per content part as an :class:`AudioClip`: int16 chunks at the
+clip's own rate (16 kHz for user audio, the output format's rate for the assistant's), plus, for the
+assistant, the text span each synthesized clause occupies, so ``conversation.item.truncate`` can cut the
+transcript to what was actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from localrt.audio.pcm import float32_to_int16, int16_to_float32
+from localrt.audio.resample import resample
+from localrt.errors import InvalidRequest
+from localrt.realtime import events as ev
+from localrt.realtime.events import Dialect, new_id
+from localrt.realtime.formats import AudioFormat
+
+ItemType = Literal["message", "function_call", "function_call_output"]
+STT_RATE = 16000
+
+
+@dataclass
+class Span:
+    start: int  # sample offsets in the clip
+    end: int
+    text: str  # the text these samples speak, verbatim (leading whitespace included)
+
+
+@dataclass
+class AudioClip:
+    rate: int
+    chunks: list[np.ndarray] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    n_samples: int = 0
+
+    def append(self, samples: np.ndarray, text: str | None = None) -> None:
+        """Add int16 samples; ``text`` opens a new span, None extends the last one."""
+        if text is not None:
+            self.spans.append(Span(self.n_samples, self.n_samples, text))
+        self.chunks.append(samples)
+        self.n_samples += samples.size
+        if self.spans:
+            self.spans[-1].end = self.n_samples
+
+    def samples(self) -> np.ndarray:
+        if len(self.chunks) != 1:
+            self.chunks = [np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)]
+        return self.chunks[0]
+
+    @property
+    def duration_ms(self) -> int:
+        return self.n_samples * 1000 // self.rate
+
+    def truncate(self, end_ms: int) -> str:
+        """Cut the audio at ``end_ms``; return the text heard up to there.
+
+        Whole clauses before the cut are kept; of the clause playing at the cut, the proportion of its
+        words that fits in the time played.
+        """
+        cut = min(self.n_samples, end_ms * self.rate // 1000)
+        self.chunks = [self.samples()[:cut]]
+        self.n_samples = cut
+        heard: list[str] = []
+        kept: list[Span] = []
+        for span in self.spans:
+            if span.end <= cut:
+                heard.append(span.text)
+                kept.append(span)
+            elif span.start < cut:
+                words = re.findall(r"\s*\S+", span.text)
+                n = round(len(words) * (cut - span.start) / max(1, span.end - span.start))
+                part = "".join(words[:n])
+                heard.append(part)
+                kept.append(Span(span.start, cut, part))
+        self.spans = kept
+        return "".join(heard)
+
+
+@dataclass
+class Content:
+    type: str  # input_text | input_audio | input_image | output_text | output_audio (GA names)
+    text: str | None = None
+    transcript: str | None = None
+    audio: AudioClip | None = None
+    image_url: str | None = None
+    detail: str | None = None
+    # input audio waiting for Whisper: set once ``transcript`` is final (or transcription failed)
+    transcribed: asyncio.Event | None = field(default=None, repr=False)
+
+    def to_wire(self, dialect: Dialect, fmt: AudioFormat | None) -> dict[str, Any]:
+        kind = self.type
+        if dialect == "beta":
+            kind = {"output_text": "text", "output_audio": "audio"}.get(kind, kind)
+        out: dict[str, Any] = {"type": kind}
+        if self.type in ("input_text", "output_text"):
+            out["text"] = self.text or ""
+        elif self.type in ("input_audio", "output_audio"):
+            if fmt is not None and self.audio is not None:
+                out["audio"] = fmt.encode(_to_rate(self.audio, fmt.rate))
+            out["transcript"] = self.transcript
+        elif self.type == "input_image":
+            out["image_url"] = self.image_url
+            out["detail"] = self.detail
+        return out
+
+
+def _to_rate(clip: AudioClip, rate: int) -> np.ndarray:
+    samples = clip.samples()
+    if clip.rate == rate:
+        return samples
+    return resample(samples, clip.rate, rate).astype(np.int16)
+
+
+@dataclass
+class Item:
+    id: str
+    type: ItemType
+    status: Literal["completed", "incomplete", "in_progress"] = "completed"
+    role: Literal["user", "assistant", "system"] | None = None
+    content: list[Content] = field(default_factory=list)
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+
+    def to_wire(self, dialect: Dialect, *, audio: AudioFormat | None = None) -> dict[str, Any]:
+        """The item as the client sees it; audio bytes only when ``audio`` (the format) is given."""
+        out: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
+        if self.type == "message":
+            out["role"] = self.role
+            out["content"] = [c.to_wire(dialect, audio) for c in self.content]
+        elif self.type == "function_call":
+            out.update(call_id=self.call_id, name=self.name, arguments=self.arguments or "")
+        else:
+            out.update(call_id=self.call_id, output=self.output or "")
+        return out
+
+    def text(self) -> str:
+        """What this message says, as the LLM should see it."""
+        parts = [c.text if c.type.endswith("_text") else c.transcript for c in self.content]
+        return " ".join(p.strip() for p in parts if p and p.strip())
+
+    def pending(self) -> list[asyncio.Event]:
+        return [c.transcribed for c in self.content if c.transcribed is not None and not c.transcribed.is_set()]
+
+
+class Conversation:
+    """The default conversation of a session: items in order, addressable by id."""
+
+    def __init__(self) -> None:
+        self.id = new_id("conv")
+        self._items: list[Item] = []
+        self._by_id: dict[str, Item] = {}
+
+    def __iter__(self) -> Any:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._by_id
+
+    def get(self, item_id: str, *, param: str = "item_id") -> Item:
+        item = self._by_id.get(item_id)
+        if item is None:
+            raise InvalidRequest(f"Item with item_id '{item_id}' not found.", param=param, code="item_not_found")
+        return item
+
+    def insert(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Append ``item`` (or put it after ``previous_item_id``; ``"root"`` = first).
+
+        Returns the id of the item now before it (None when it is first).
+        """
+        if item.id in self._by_id:
+            raise InvalidRequest(f"Item with id '{item.id}' already exists.", param="item.id")
+        if previous_item_id is None:
+            index = len(self._items)
+        elif previous_item_id == "root":
+            index = 0
+        else:
+            prev = self.get(previous_item_id, param="previous_item_id")
+            index = self._items.index(prev) + 1
+        self._items.insert(index, item)
+        self._by_id[item.id] = item
+        return self._items[index - 1].id if index > 0 else None
+
+    def previous_id(self, item_id: str) -> str | None:
+        item = self.get(item_id)
+        index = self._items.index(item)
+        return self._items[index - 1].id if index > 0 else None
+
+    def delete(self, item_id: str) -> None:
+        item = self.get(item_id)
+        self._items.remove(item)
+        del self._by_id[item_id]
+
+    def has_call(self, call_id: str) -> bool:
+        return any(i.type == "function_call" and i.call_id == call_id for i in self._items)
+
+
+# --- building items from client parameters ------------------------------------------------------------------
+def item_from_param(
+    param: Any, input_format: AudioFormat, conversation: Conversation | None, *, where: str = "item"
+) -> Item:
+    """A parsed ``conversation.item.create`` item -> an :class:`Item`; APIError when it is not allowed."""
+    item_id = param.id or new_id("item")
+    if isinstance(param, ev.FunctionCallItem):
+        return Item(item_id, "function_call", call_id=param.call_id or new_id("call"), name=param.name,
+                    arguments=param.arguments)
+    if isinstance(param, ev.FunctionCallOutputItem):
+        if conversation is not None and not conversation.has_call(param.call_id):
+            raise InvalidRequest(
+                f"Tool call output with call_id '{param.call_id}' has no matching function call in the "
+                "conversation.",
+                param=f"{where}.call_id",
+            )
+        return Item(item_id, "function_call_output", call_id=param.call_id, output=param.output)
+    allowed = {
+        "system": {"input_text"},
+        "user": {"input_text", "input_audio", "input_image"},
+        "assistant": {"output_text", "text"},
+    }[param.role]
+    contents: list[Content] = []
+    for i, part in enumerate(param.content):
+        if part.type not in allowed:
+            raise InvalidRequest(
+                f"Invalid value: '{part.type}'. A {param.role} message may hold: "
+                + ", ".join(f"'{t}'" for t in sorted(allowed)) + ".",
+                param=f"{where}.content[{i}].type",
+            )
+        contents.append(_content(part, input_format, f"{where}.content[{i}]"))
+    return Item(item_id, "message", role=param.role, content=contents)
+
+
+def _content(part: Any, input_format: AudioFormat, where: str) -> Content:
+    if part.type in ("output_text", "text"):
+        return Content("output_text", text=part.text)
+    if part.type == "input_text":
+        return Content("input_text", text=part.text)
+    if part.type == "input_image":
+        return Content("input_image", image_url=part.image_url, detail=part.detail)
+    clip = None
+    if part.audio is not None:
+        samples = input_format.decode(part.audio, param=f"{where}.audio")
+        clip = AudioClip(STT_RATE)
+        clip.append(float32_to_int16(resample(int16_to_float32(samples), input_format.rate, STT_RATE)))
+    content = Content("input_audio", transcript=part.transcript, audio=clip)
+    if part.transcript is None and clip is not None:
+        content.transcribed = asyncio.Event()  # the session transcribes it
+    return content
+
+
+# --- items -> chat messages -------------------------------------------------------------------------------
+def to_messages(instructions: str, items: list[Item]) -> list[dict[str, Any]]:
+    """Chat-completions messages for the LLM: the instructions as the system prompt, then the items."""
+    messages: list[dict[str, Any]] = []
+    if instructions.strip():
+        messages.append({"role": "system", "content": instructions})
+    for item in items:
+        if item.type == "message":
+            text = item.text()
+            if item.role == "user" and not text:
+                continue  # silence or an image only: nothing the text model can read
+            messages.append({"role": item.role, "content": text})
+        elif item.type == "function_call":
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments or "{}"},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output or ""})
+    return messages

@@ -1,0 +1,1 @@
+"""Text helpers for speech output (``chunker``: LLM deltas -> speakable clauses)."""
