@@ -27,6 +27,8 @@ from localrt.api import models as models_api
 from localrt.engines import Engines, load_engines
 from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
 from localrt.settings import Settings
+from localrt.timings import TimingLog
+from localrt.timings import routes as timing_routes
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
 
     app = Starlette(
-        routes=[*chat_api.routes, *models_api.routes, *_pending_routes()],
+        routes=[*chat_api.routes, *models_api.routes, *timing_routes, *_pending_routes()],
         middleware=middleware,
         exception_handlers={
             APIError: _api_error,
@@ -144,6 +146,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.timings = TimingLog()
     if engines is not None:
         app.state.engines = engines
     return app

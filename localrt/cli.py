@@ -35,6 +35,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     sources["serve"] = CliSettingsSource(Settings, root_parser=serve, cli_kebab_case=True)
     models = sub.add_parser("models", help="list the models this server can serve")
     sources["models"] = CliSettingsSource(Settings, root_parser=models, cli_kebab_case=True)
+    bench = sub.add_parser(
+        "bench",
+        help="profile latency of the voice loop and the HTTP endpoints against the engines",
+        description="Latency profiling. Without --url it serves in-process with the settings below; "
+        "with --url it measures that server (the floor still runs on engines loaded here).",
+    )
+    bench.add_argument("--url", default=None, help="a running server, e.g. http://gpu-box:8000")
+    bench.add_argument("--bench-key", default=None, help="API key of the server given by --url")
+    bench.add_argument("--turns", type=int, default=20, help="voice turns for the main series (default 20)")
+    bench.add_argument("--http-runs", type=int, default=6, help="runs of each HTTP pair (default 6)")
+    bench.add_argument(
+        "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"
+    )
+    bench.add_argument("--turns-per-session", type=int, default=3, help="turns per concurrent session")
+    bench.add_argument("--out", default="bench-results", help="results folder (default bench-results)")
+    sources["bench"] = CliSettingsSource(Settings, root_parser=bench, cli_kebab_case=True)
     return parser, sources
 
 
@@ -85,3 +101,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve(settings)
     elif args.command == "models":
         list_models(settings)
+    elif args.command == "bench":
+        bench(settings, args)
+
+
+def bench(settings: Settings, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from localrt.bench.runner import BenchConfig
+    from localrt.bench.runner import main as run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    run_bench(
+        BenchConfig(
+            url=args.url.rstrip("/") if args.url else None,
+            api_key=args.bench_key,
+            turns=args.turns,
+            http_runs=args.http_runs,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
+            turns_per_session=args.turns_per_session,
+            out=Path(args.out),
+            settings=settings,
+        )
+    )

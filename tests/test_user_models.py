@@ -12,7 +12,7 @@ import pytest
 from localrt import catalog
 from localrt.app import create_app
 from localrt.engines import Engines
-from localrt.engines.llm import LLMPool
+from localrt.engines.llm_pool import LLMPool
 from tests.conftest import ServerThread, make_settings
 
 pytestmark = pytest.mark.slow

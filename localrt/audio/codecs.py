@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import av
 import numpy as np
@@ -176,7 +176,9 @@ class AudioEncoder:
                 buffer_size=4096,
                 container_options={"flush_packets": "1", **dict(muxing.options)},
             )
-            stream = self._container.add_stream(muxing.codec, rate=OUTPUT_RATE, layout="mono")
+            stream = cast(
+                av.AudioStream, self._container.add_stream(muxing.codec, rate=OUTPUT_RATE, layout="mono")
+            )
             if muxing.bit_rate:
                 stream.codec_context.bit_rate = muxing.bit_rate
             self._stream = stream

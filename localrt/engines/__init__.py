@@ -14,7 +14,7 @@ from localrt import catalog as catalog_mod
 from localrt.settings import Settings
 
 if TYPE_CHECKING:
-    from localrt.engines.llm import LLMPool
+    from localrt.engines.llm_pool import LLMPool
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Engines:
 
 def load_engines(settings: Settings, cat: catalog_mod.Catalog | None = None) -> Engines:
     """Load every engine the settings ask for (blocking)."""
-    from localrt.engines.llm import LLMPool
+    from localrt.engines.llm_pool import LLMPool
 
     cat = cat or catalog_mod.scan(settings.models_dir)
     pool = LLMPool(settings, cat)

@@ -4,77 +4,38 @@ Design:
 - Each :class:`LLMEngine` owns a single-thread executor. llama.cpp contexts are not thread safe, and the
   executor's FIFO queue is also our fair scheduler: jobs from every HTTP request and realtime session run
   one at a time, in arrival order.
-- A job is a :class:`ChatStream` (or :class:`CompletionStream`): the worker thread iterates llama.cpp's
-  token generator and hands each piece to the event loop with ``call_soon_threadsafe``; the event loop
-  never blocks on the model.
-- Cancellation: a ``threading.Event`` per job, checked by a llama.cpp stopping criterion (so the model
-  stops within one token) and between chunks. Leaving the stream's ``async with`` early (a disconnected
-  client, a barge-in) sets it and waits for the worker, so the model is free for the next job.
-- Prompts are rendered with the model's own chat template (:mod:`localrt.engines.chat_format`), then
+- A job is a :class:`ChatStream`: a generator run in the worker thread through
+  :class:`~localrt.engines.threaded.ThreadedStream` (the same bridge the speech engines use), which hands
+  each event to the event loop; the event loop never blocks on the model.
+- Cancellation: the stream's stop event (set when the consumer leaves ``async with``, e.g. a
+  disconnected client or a barge-in) and :meth:`ChatStream.cancel` are polled by a llama.cpp stopping
+  criterion, so the model stops within one token; leaving the stream waits for the worker, so the model
+  is free for the next job.
+- Prompts are rendered with the model's own chat template (:mod:`localrt.engines.chat_format`) and
   tokenized once: that is where the context-length check and the cached-prefix count come from.
   llama.cpp reuses the KV cache for the longest common prefix with the previous job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from localrt import catalog as catalog_mod
 from localrt.engines import chat_format
-from localrt.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, ServerError
+from localrt.engines.threaded import ThreadedStream
+from localrt.errors import ContextLengthExceeded, InvalidRequest, ServerError
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-# OpenAI's well-known ids, served by the default chat model so that unmodified apps work.
-OPENAI_CHAT_ALIASES = frozenset(
-    {
-        "gpt-4o",
-        "gpt-4o-mini",
-        "gpt-4.1",
-        "gpt-4.1-mini",
-        "gpt-4.1-nano",
-        "gpt-4",
-        "gpt-4-turbo",
-        "gpt-3.5-turbo",
-        "gpt-3.5-turbo-instruct",
-        "gpt-5",
-        "gpt-5-mini",
-        "gpt-5-nano",
-        "o1",
-        "o1-mini",
-        "o3",
-        "o3-mini",
-        "o4-mini",
-        "chatgpt-4o-latest",
-        "davinci-002",
-        "babbage-002",
-    }
-)
-# Realtime model ids also alias the default chat model (the realtime loop asks for them).
-OPENAI_REALTIME_ALIASES = frozenset(
-    {
-        "gpt-realtime",
-        "gpt-realtime-mini",
-        "gpt-realtime-2",
-        "gpt-4o-realtime-preview",
-        "gpt-4o-mini-realtime-preview",
-    }
-)
-
-_STOP_JOIN_TIMEOUT_S = 30.0
 
 
 # --- public data types ----------------------------------------------------------------------------------
@@ -120,74 +81,46 @@ class ChatResult:
 
 
 Event = TextDelta | ToolCallDelta
+Stopped = Callable[[], bool]
+# A job's body: runs in the worker thread, yields events and finally exactly one ChatResult.
+Work = Callable[[Stopped], Iterator["Event | ChatResult"]]
 
 
-class _End:
-    pass
+# --- the job --------------------------------------------------------------------------------------------
+class ChatStream:
+    """One generation, consumed on the event loop: ``async with s: async for event in s: ...``.
 
-
-_END = _End()
-
-
-class _Cancelled(Exception):
-    pass
-
-
-# --- the job: an async view of one generation in the worker thread ---------------------------------------
-class _Job:
-    """Generation running in the engine's thread, consumed on the event loop.
-
-    Use as ``async with job: async for event in job: ...``; ``job.result`` is set once iteration ends.
+    ``result`` is set once iteration ends. The job starts when the ``async with`` is entered; leaving it
+    early stops generation within a token and waits for the worker.
     """
 
-    def __init__(self, engine: LLMEngine, work: Callable[[_Job], ChatResult]) -> None:
+    def __init__(self, engine: LLMEngine, work: Work) -> None:
         self._engine = engine
         self._work = work
-        self._stop = threading.Event()
-        self._queue: asyncio.Queue[Event | BaseException | _End] = asyncio.Queue()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._future: asyncio.Future[None] | None = None
+        self._cancel = threading.Event()
+        self._stream: ThreadedStream[Event | ChatResult] | None = None
         self.result = ChatResult()
-        self.submitted_at = 0.0
-        self.started_at = 0.0
-
-    # called from the worker thread
-    def emit(self, item: Event | BaseException | _End) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
-            self._stop.set()
-
-    def emit_text(self, text: str) -> None:
-        self.emit(TextDelta(text))
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
 
     def cancel(self) -> None:
         """Stop generating at the next token (thread safe, idempotent)."""
-        self._stop.set()
+        self._cancel.set()
 
-    def _run(self) -> None:
-        self.started_at = time.monotonic()
-        self._engine.running = True
-        try:
-            if not self._stop.is_set():
-                self.result = self._work(self)
-        except _Cancelled:
-            pass
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            self.emit(exc)
-        finally:
-            self._engine.running = False
-            self.emit(_END)
+    async def __aenter__(self) -> ChatStream:
+        engine, work, cancel = self._engine, self._work, self._cancel  # no reference to self in the worker
 
-    async def __aenter__(self) -> _Job:
-        self._loop = asyncio.get_running_loop()
-        self.submitted_at = time.monotonic()
-        self._future = self._loop.run_in_executor(self._engine._executor, self._run)
+        def produce(stop: threading.Event) -> Iterator[Event | ChatResult]:
+            def stopped() -> bool:
+                return stop.is_set() or cancel.is_set()
+
+            if stopped():
+                return
+            engine.running = True
+            try:
+                yield from work(stopped)
+            finally:
+                engine.running = False
+
+        self._stream = ThreadedStream(engine._executor, produce)
         return self
 
     async def __aexit__(
@@ -196,34 +129,25 @@ class _Job:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._future is None:
-            return
-        # The model is freed only when the worker returns; wait for it even if we are being cancelled.
-        try:
-            await asyncio.wait_for(asyncio.shield(self._future), _STOP_JOIN_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            logger.error("llm worker did not stop within %.0fs", _STOP_JOIN_TIMEOUT_S)
-        except asyncio.CancelledError:
-            # Cancelled again while waiting: the stop flag is set and the single worker thread keeps
-            # jobs serialized, so nothing can run concurrently with the stopping job.
-            raise
+        self._cancel.set()
+        if self._stream is not None:
+            await self._stream.aclose()
 
-    def __aiter__(self) -> _Job:
+    def __aiter__(self) -> ChatStream:
         return self
 
     async def __anext__(self) -> Event:
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # keep answering StopAsyncIteration
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        if self._stream is None:
+            raise RuntimeError("enter the stream with `async with` before iterating it")
+        while True:
+            item = await self._stream.__anext__()
+            if isinstance(item, ChatResult):
+                self.result = item
+                continue
+            return item
 
 
-ChatStream = _Job
-CompletionStream = _Job
+CompletionStream = ChatStream
 
 
 # --- the engine -----------------------------------------------------------------------------------------
@@ -282,42 +206,34 @@ class LLMEngine:
         response_format: dict[str, Any] | None = None,
         params: SamplingParams | None = None,
     ) -> ChatStream:
-        """Stream a chat reply. Raises ContextLengthExceeded (on entering) if the prompt does not fit."""
+        """Stream a chat reply. Raises ContextLengthExceeded (at once) if the prompt does not fit."""
         params = params or SamplingParams()
         plan = chat_format.plan_tools(tools, tool_choice)
         prompt = self._formatter.render(messages, plan)
         tokens = self._tokenize_prompt(prompt.text, prompt.added_special)
         grammar = chat_format.response_grammar(response_format) if plan.mode == "off" else None
-
         stop = [*params.stop, *prompt.stop]
-
-        def work(job: _Job) -> ChatResult:
-            return self._run_chat(job, tokens, stop, plan, grammar, params)
-
-        return _Job(self, work)
+        return ChatStream(self, lambda stopped: self._chat(stopped, tokens, stop, plan, grammar, params))
 
     def complete(self, prompt: str, params: SamplingParams) -> CompletionStream:
         """Stream a raw completion of ``prompt`` (the legacy completions API)."""
         tokens = self._tokenize_prompt(prompt, added_special=False)
 
-        def work(job: _Job) -> ChatResult:
+        def work(stopped: Stopped) -> Iterator[Event | ChatResult]:
             result = ChatResult(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
-            text, finish, n = self._generate(
-                tokens, params, params.stop, None, job.emit_text, lambda: job.stopped
-            )
-            result.text, result.finish_reason, result.completion_tokens = text, finish, n
-            return result
+            pieces = self._generate(tokens, params, params.stop, None, stopped)
+            text, result.finish_reason, result.completion_tokens = yield from _as_text_deltas(pieces)
+            result.text = text
+            yield result
 
-        return _Job(self, work)
+        return ChatStream(self, work)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     # -- worker-thread internals --------------------------------------------------------------------------
     def _tokenize_prompt(self, text: str, added_special: bool) -> list[int]:
-        tokens: list[int] = self.llama.tokenize(
-            text.encode("utf-8"), add_bos=not added_special, special=True
-        )
+        tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
         if len(tokens) >= self.n_ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.n_ctx} tokens. However, your messages "
@@ -328,26 +244,19 @@ class LLMEngine:
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama.cpp will reuse from its KV cache."""
-        cached = self.llama.input_ids[: self.llama.n_tokens]
         n = 0
-        for a, b in zip(cached, tokens[:-1]):
+        for a, b in zip(self.llama.input_ids[: self.llama.n_tokens], tokens[:-1], strict=False):
             if a != b:
                 break
             n += 1
         return n
 
     def _generate(
-        self,
-        tokens: list[int],
-        params: SamplingParams,
-        stop: list[str],
-        grammar: Any,
-        on_text: Callable[[str], None],
-        stopped: Callable[[], bool],
-    ) -> tuple[str, str, int]:
-        """Run llama.cpp over ``tokens``; returns (text, finish_reason, completion_tokens).
+        self, tokens: list[int], params: SamplingParams, stop: list[str], grammar: Any, stopped: Stopped
+    ) -> Generator[str, None, tuple[str, str, int]]:
+        """Yield text pieces as llama.cpp makes them; return (text, finish_reason, completion_tokens).
 
-        ``stopped`` is polled once per token (a llama.cpp stopping criterion) and between chunks.
+        ``stopped`` is polled once per token by a llama.cpp stopping criterion and between pieces.
         """
         import llama_cpp
 
@@ -361,10 +270,9 @@ class LLMEngine:
             generated = max(generated, len(input_ids) - n_prompt + 1)
             return stopped()
 
-        max_tokens = params.max_tokens if params.max_tokens else -1
         chunks: Iterator[Any] = self.llama.create_completion(
             prompt=tokens,
-            max_tokens=max_tokens,
+            max_tokens=params.max_tokens if params.max_tokens else -1,
             temperature=params.temperature,
             top_p=params.top_p,
             stop=stop or None,
@@ -382,7 +290,7 @@ class LLMEngine:
                 choice = chunk["choices"][0]
                 if choice["text"]:
                     parts.append(choice["text"])
-                    on_text(choice["text"])
+                    yield choice["text"]
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
                 if stopped():
@@ -391,48 +299,46 @@ class LLMEngine:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        text = "".join(parts)
-        return text, finish, generated
+        return "".join(parts), finish, generated
 
-    def _run_chat(
+    def _chat(
         self,
-        job: _Job,
+        stopped: Stopped,
         tokens: list[int],
         stop: list[str],
         plan: chat_format.ToolPlan,
         grammar: Any,
         params: SamplingParams,
-    ) -> ChatResult:
+    ) -> Iterator[Event | ChatResult]:
         result = ChatResult(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
         if plan.mode == "forced":
-            return self._run_tool_call(job, tokens, stop, plan, params, result)
+            yield from self._tool_call(stopped, tokens, plan, params, result)
+            return
+        pieces = self._generate(tokens, params, stop, grammar, stopped)
         if plan.mode == "auto":
-            # Generate freely; if the model opens a tool call, stop and redo the call under the grammar
-            # so its arguments are valid JSON for the schema. Text replies stream with no grammar cost.
-            watcher = _ToolCallWatcher(job)
-            text, finish, n = self._generate(
-                tokens, params, stop, None, watcher.feed, lambda: job.stopped or watcher.is_call
-            )
+            # Generate freely, holding back the first characters; if the model opens a tool call, stop
+            # and redo the call under the grammar so its arguments are valid JSON for the schema. Text
+            # replies stream with no grammar cost.
+            watcher = _ToolCallWatcher()
+            pieces = watcher.watch(pieces)
+            text, finish, n = yield from _as_text_deltas(pieces)
             if watcher.is_call:
-                return self._run_tool_call(job, tokens, stop, plan, params, result)
-            watcher.flush()
-            result.text, result.finish_reason, result.completion_tokens = text, finish, n
-            return result
-        text, finish, n = self._generate(
-            tokens, params, stop, grammar, job.emit_text, lambda: job.stopped
-        )
+                yield from self._tool_call(stopped, tokens, plan, params, result)
+                return
+        else:
+            text, finish, n = yield from _as_text_deltas(pieces)
         result.text, result.finish_reason, result.completion_tokens = text, finish, n
-        return result
+        yield result
 
-    def _run_tool_call(
+    def _tool_call(
         self,
-        job: _Job,
+        stopped: Stopped,
         tokens: list[int],
-        stop: list[str],
         plan: chat_format.ToolPlan,
         params: SamplingParams,
         result: ChatResult,
-    ) -> ChatResult:
+    ) -> Iterator[Event | ChatResult]:
+        """Generate one call after ``<tool_call>`` under the grammar of the callable functions."""
         import llama_cpp
 
         prefix = self.llama.tokenize(chat_format.TOOL_CALL_OPEN.encode(), add_bos=False, special=True)
@@ -446,12 +352,10 @@ class LLMEngine:
             top_p=params.top_p,
             seed=params.seed,
         )
-        call_id = "call_" + uuid.uuid4().hex[:24]
-        text, finish, n = self._generate(
-            call_tokens, call_params, [], grammar, lambda _text: None, lambda: job.stopped
-        )
-        if job.stopped:
-            raise _Cancelled
+        pieces = self._generate(call_tokens, call_params, [], grammar, stopped)
+        text, finish, n = yield from _drain(pieces)
+        if stopped():
+            return
         result.completion_tokens = n
         try:
             call = json.loads(text)
@@ -462,135 +366,68 @@ class LLMEngine:
                     "max_tokens was reached before the tool call was complete.", param="max_tokens"
                 ) from exc
             raise ServerError(f"The model produced an invalid tool call: {text[:200]!r}") from exc
+        call_id = "call_" + uuid.uuid4().hex[:24]
         args_text = json.dumps(arguments, ensure_ascii=False)
         # Announce the call, then its arguments in pieces, so clients see the usual delta sequence.
-        job.emit(ToolCallDelta(index=0, id=call_id, name=name, arguments=""))
+        yield ToolCallDelta(index=0, id=call_id, name=name, arguments="")
         for i in range(0, len(args_text), 32):
-            job.emit(ToolCallDelta(index=0, id=call_id, name=name, arguments=args_text[i : i + 32]))
+            yield ToolCallDelta(index=0, id=call_id, name=name, arguments=args_text[i : i + 32])
         result.tool_calls = [ToolCall(id=call_id, name=name, arguments=args_text)]
         result.finish_reason = "tool_calls"
-        return result
+        yield result
+
+
+def _as_text_deltas(pieces: Generator[str, None, Any]) -> Generator[TextDelta, None, Any]:
+    """Re-yield text pieces as TextDelta events; return what ``pieces`` returns."""
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration as end:
+            return end.value
+        yield TextDelta(piece)
+
+
+def _drain(pieces: Generator[str, None, Any]) -> Generator[Event, None, Any]:
+    """Consume ``pieces`` without yielding anything; return what it returns."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as end:
+            return end.value
+    yield  # pragma: no cover - makes this a generator
 
 
 class _ToolCallWatcher:
-    """Holds back the first characters of a free reply until we know it is not a tool call."""
+    """Holds back the start of a free reply until it is clear whether it opens a tool call."""
 
-    def __init__(self, job: _Job) -> None:
-        self._job = job
-        self._held = ""
-        self._decided = False
+    _OPENERS = (chat_format.TOOL_CALL_OPEN.strip(), '{"name"')
+
+    def __init__(self) -> None:
         self.is_call = False
 
-    def feed(self, text: str) -> None:
-        if self._decided:
-            self._job.emit_text(text)
-            return
-        self._held += text
-        stripped = self._held.lstrip()
-        if not stripped:
-            return
-        if stripped.startswith(chat_format.TOOL_CALL_OPEN) or stripped.startswith('{"name"'):
-            self.is_call = True
-            self._decided = True
-            return
-        if chat_format.TOOL_CALL_OPEN.startswith(stripped) or '{"name"'.startswith(stripped):
-            return  # still ambiguous
-        self._decided = True
-        self._job.emit_text(self._held)
-        self._held = ""
-
-    def flush(self) -> None:
-        if self._held and not self.is_call:
-            self._job.emit_text(self._held)
-            self._held = ""
-
-
-# --- the pool -------------------------------------------------------------------------------------------
-class LLMPool:
-    """The chat models this server serves: the default one loaded at start-up, others on first use."""
-
-    def __init__(self, settings: Settings, cat: catalog_mod.Catalog) -> None:
-        self._settings = settings
-        self._paths = dict(cat.llms)
-        configured = settings.llm_model
-        if configured and configured not in self._paths:
-            path = Path(configured).expanduser()
-            if not path.is_file():
-                raise ValueError(f"llm_model {configured!r} is neither a known model id nor a .gguf file")
-            self._paths[path.stem] = path.resolve()
-            configured = path.stem
-        default = configured or (
-            catalog_mod.EMBEDDED_LLM_ID if catalog_mod.EMBEDDED_LLM_ID in self._paths else None
-        )
-        if default is None:
-            default = next(iter(self._paths), None)
-        if default is None:
-            raise ValueError("no chat model: install the embedded default (make install) or set llm_model")
-        self.default_id = default
-        self._loaded: OrderedDict[str, LLMEngine] = OrderedDict()
-        self._load_lock = asyncio.Lock()
-
-    def load_default(self) -> LLMEngine:
-        """Blocking: load the default model (called in a thread at start-up)."""
-        engine = LLMEngine.load(self.default_id, self._paths[self.default_id], self._settings)
-        self._loaded[self.default_id] = engine
-        return engine
-
-    @property
-    def default(self) -> LLMEngine:
-        return self._loaded[self.default_id]
-
-    def ids(self) -> list[str]:
-        return list(self._paths)
-
-    def aliases(self) -> list[str]:
-        return sorted(OPENAI_CHAT_ALIASES | OPENAI_REALTIME_ALIASES)
-
-    def resolve(self, model: str | None) -> str:
-        """The canonical model id for a requested id or alias; ModelNotFound otherwise."""
-        if model is None or model in OPENAI_CHAT_ALIASES or model in OPENAI_REALTIME_ALIASES:
-            return self.default_id
-        if model in self._paths:
-            return model
-        # Realtime previews carry dates: gpt-4o-realtime-preview-2024-12-17.
-        if any(model.startswith(alias + "-") for alias in OPENAI_REALTIME_ALIASES | OPENAI_CHAT_ALIASES):
-            return self.default_id
-        raise ModelNotFound(model)
-
-    async def get(self, model: str | None) -> LLMEngine:
-        model_id = self.resolve(model)
-        engine = self._loaded.get(model_id)
-        if engine is not None:
-            self._loaded.move_to_end(model_id)
-            return engine
-        async with self._load_lock:
-            if (engine := self._loaded.get(model_id)) is not None:
-                return engine
-            loop = asyncio.get_running_loop()
-            engine = await loop.run_in_executor(
-                None, LLMEngine.load, model_id, self._paths[model_id], self._settings
-            )
-            self._loaded[model_id] = engine
-            while len(self._loaded) > self._settings.max_loaded_models:
-                victim = next(k for k in self._loaded if k not in (self.default_id, model_id))
-                old = self._loaded.pop(victim)
-                await loop.run_in_executor(None, old.close)
-            return engine
-
-    def info(self, model_id: str) -> tuple[Path, int]:
-        path = self._paths[model_id]
-        return path, int(path.stat().st_mtime) if path.exists() else 0
-
-    @property
-    def busy(self) -> bool:
-        """Whether any loaded model is generating right now."""
-        return any(engine.running for engine in self._loaded.values())
-
-    @property
-    def loaded_ids(self) -> list[str]:
-        return list(self._loaded)
-
-    def close(self) -> None:
-        for engine in self._loaded.values():
-            engine.close()
-        self._loaded.clear()
+    def watch(self, pieces: Generator[str, None, Any]) -> Generator[str, None, Any]:
+        held = ""
+        decided = False
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                if held and not self.is_call:
+                    yield held
+                return end.value
+            if decided:
+                yield piece
+                continue
+            held += piece
+            start = held.lstrip()
+            if not start:
+                continue
+            if any(start.startswith(o) for o in self._OPENERS):
+                self.is_call = True
+                pieces.close()  # stop generating: the call is redone under the grammar
+                return "", "tool_calls", 0
+            if any(o.startswith(start) for o in self._OPENERS):
+                continue  # still ambiguous
+            decided = True
+            yield held
+            held = ""

@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
+from contextlib import suppress
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -86,11 +87,9 @@ class ThreadedStream(Generic[T]):
         self._finished = True
         if self._future.done():
             return
-        with anyio.move_on_after(self._join_timeout, shield=True) as scope:
-            try:
-                await asyncio.shield(self._future)
-            except Exception:  # the worker reports its own errors through the queue
-                pass
+        # The worker reports its own errors through the queue.
+        with anyio.move_on_after(self._join_timeout, shield=True) as scope, suppress(Exception):
+            await asyncio.shield(self._future)
         if scope.cancelled_caught:
             logger.warning("worker did not stop within %.1f s; leaving it to finish", self._join_timeout)
 

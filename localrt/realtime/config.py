@@ -197,8 +197,10 @@ def _render_beta(cfg: SessionConfig) -> dict[str, Any]:
 
 # --- updates ------------------------------------------------------------------------------------------------
 def _merge(base: Any, update: Any) -> Any:
-    if isinstance(base, dict) and isinstance(update, dict) and update.get("type", base.get("type")) == base.get(
-        "type"
+    if (
+        isinstance(base, dict)
+        and isinstance(update, dict)
+        and update.get("type", base.get("type")) == base.get("type")
     ):
         merged = dict(base)
         for key, value in update.items():
@@ -233,9 +235,7 @@ def apply_update(
             )
     elif transcription_event != (cfg.type == "transcription"):
         expected = "transcription_session.update" if cfg.type == "transcription" else "session.update"
-        raise InvalidRequest(
-            f"This is a {cfg.type} session: configure it with '{expected}'.", param="type"
-        )
+        raise InvalidRequest(f"This is a {cfg.type} session: configure it with '{expected}'.", param="type")
     merged = _merge(render(cfg, dialect), update)
     model_cls: type[BaseModel]
     if dialect == "ga":
@@ -272,7 +272,9 @@ def _turn_detection(wire: w.ServerVadWire | w.SemanticVadWire | None) -> TurnDet
 def _transcription(wire: w.TranscriptionWire | None) -> Transcription | None:
     if wire is None:
         return None
-    extra = {k: v for k, v in wire.model_dump(include={"languages", "keywords", "delay"}).items() if v is not None}
+    extra = {
+        k: v for k, v in wire.model_dump(include={"languages", "keywords", "delay"}).items() if v is not None
+    }
     return Transcription(model=wire.model, language=wire.language, prompt=wire.prompt, extra=extra)
 
 

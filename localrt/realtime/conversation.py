@@ -133,7 +133,12 @@ class Item:
 
     def to_wire(self, dialect: Dialect, *, audio: AudioFormat | None = None) -> dict[str, Any]:
         """The item as the client sees it; audio bytes only when ``audio`` (the format) is given."""
-        out: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "realtime.item",
+            "type": self.type,
+            "status": self.status,
+        }
         if self.type == "message":
             out["role"] = self.role
             out["content"] = [c.to_wire(dialect, audio) for c in self.content]
@@ -149,7 +154,9 @@ class Item:
         return " ".join(p.strip() for p in parts if p and p.strip())
 
     def pending(self) -> list[asyncio.Event]:
-        return [c.transcribed for c in self.content if c.transcribed is not None and not c.transcribed.is_set()]
+        return [
+            c.transcribed for c in self.content if c.transcribed is not None and not c.transcribed.is_set()
+        ]
 
 
 class Conversation:
@@ -172,7 +179,9 @@ class Conversation:
     def get(self, item_id: str, *, param: str = "item_id") -> Item:
         item = self._by_id.get(item_id)
         if item is None:
-            raise InvalidRequest(f"Item with item_id '{item_id}' not found.", param=param, code="item_not_found")
+            raise InvalidRequest(
+                f"Item with item_id '{item_id}' not found.", param=param, code="item_not_found"
+            )
         return item
 
     def insert(self, item: Item, previous_item_id: str | None = None) -> str | None:
@@ -214,8 +223,13 @@ def item_from_param(
     """A parsed ``conversation.item.create`` item -> an :class:`Item`; APIError when it is not allowed."""
     item_id = param.id or new_id("item")
     if isinstance(param, ev.FunctionCallItem):
-        return Item(item_id, "function_call", call_id=param.call_id or new_id("call"), name=param.name,
-                    arguments=param.arguments)
+        return Item(
+            item_id,
+            "function_call",
+            call_id=param.call_id or new_id("call"),
+            name=param.name,
+            arguments=param.arguments,
+        )
     if isinstance(param, ev.FunctionCallOutputItem):
         if conversation is not None and not conversation.has_call(param.call_id):
             raise InvalidRequest(
@@ -234,7 +248,8 @@ def item_from_param(
         if part.type not in allowed:
             raise InvalidRequest(
                 f"Invalid value: '{part.type}'. A {param.role} message may hold: "
-                + ", ".join(f"'{t}'" for t in sorted(allowed)) + ".",
+                + ", ".join(f"'{t}'" for t in sorted(allowed))
+                + ".",
                 param=f"{where}.content[{i}].type",
             )
         contents.append(_content(part, input_format, f"{where}.content[{i}]"))

@@ -104,9 +104,7 @@ class ItemReference(_Strict):
     id: str
 
 
-ItemParam = Annotated[
-    MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")
-]
+ItemParam = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")]
 InputItemParam = Annotated[
     MessageItem | FunctionCallItem | FunctionCallOutputItem | ItemReference, Field(discriminator="type")
 ]
@@ -252,9 +250,8 @@ def parse_client_event(raw: dict[str, Any], dialect: Dialect) -> Any:
 def validation_error(exc: ValidationError, data: Any, prefix: str = "") -> APIError:
     """The first pydantic error as the OpenAI-shaped error a client expects."""
     # Of a union's alternatives, report the one that got furthest into the client's data.
-    candidates = [(_param_path(e["loc"], data, prefix), e) for e in exc.errors(include_url=False)]
-    param, err = max(candidates, key=lambda c: c[0][1])
-    param = param[0]
+    candidates = [(*_param_path(e["loc"], data, prefix), e) for e in exc.errors(include_url=False)]
+    param, _, err = max(candidates, key=lambda c: c[1])
     kind = err["type"]
     value = err.get("input")
     if kind == "extra_forbidden":
@@ -292,7 +289,9 @@ def validation_error(exc: ValidationError, data: Any, prefix: str = "") -> APIEr
             f"Invalid '{param}': {value!r} is above the maximum value of {limit}.", code=code, param=param
         )
     if kind in ("string_too_long", "too_long"):
-        return InvalidRequest(f"Invalid '{param}': {err['msg']}.", code="string_above_max_length", param=param)
+        return InvalidRequest(
+            f"Invalid '{param}': {err['msg']}.", code="string_above_max_length", param=param
+        )
     if kind.endswith("_type") or kind.endswith("_parsing") or kind in ("model_type", "dict_type"):
         return InvalidRequest(
             f"Invalid type for '{param}': {err['msg'].lower()}, got {type(value).__name__}.",

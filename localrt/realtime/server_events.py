@@ -67,7 +67,9 @@ class ServerEvents:
         return self._event("input_audio_buffer.cleared")
 
     def speech_started(self, audio_start_ms: int, item_id: str) -> Event | None:
-        return self._event("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id)
+        return self._event(
+            "input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id
+        )
 
     def speech_stopped(self, audio_end_ms: int, item_id: str) -> Event | None:
         return self._event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
@@ -92,7 +94,10 @@ class ServerEvents:
 
     def item_truncated(self, item_id: str, content_index: int, audio_end_ms: int) -> Event | None:
         return self._event(
-            "conversation.item.truncated", item_id=item_id, content_index=content_index, audio_end_ms=audio_end_ms
+            "conversation.item.truncated",
+            item_id=item_id,
+            content_index=content_index,
+            audio_end_ms=audio_end_ms,
         )
 
     def item_deleted(self, item_id: str) -> Event | None:
@@ -133,12 +138,14 @@ class ServerEvents:
         return self._event("response.done", response=response)
 
     def output_item_added(self, response_id: str, output_index: int, item: dict[str, Any]) -> Event | None:
-        return self._event("response.output_item.added", response_id=response_id, output_index=output_index,
-                           item=item)
+        return self._event(
+            "response.output_item.added", response_id=response_id, output_index=output_index, item=item
+        )
 
     def output_item_done(self, response_id: str, output_index: int, item: dict[str, Any]) -> Event | None:
-        return self._event("response.output_item.done", response_id=response_id, output_index=output_index,
-                           item=item)
+        return self._event(
+            "response.output_item.done", response_id=response_id, output_index=output_index, item=item
+        )
 
     def content_part(self, done: bool, ref: ContentRef, part: dict[str, Any]) -> Event | None:
         kind = "response.content_part.done" if done else "response.content_part.added"
@@ -162,15 +169,30 @@ class ServerEvents:
     def transcript_done(self, ref: ContentRef, transcript: str) -> Event | None:
         return self._event("response.output_audio_transcript.done", **ref.fields(), transcript=transcript)
 
-    def arguments_delta(self, response_id: str, item_id: str, output_index: int, call_id: str,
-                        delta: str) -> Event | None:
-        return self._event("response.function_call_arguments.delta", response_id=response_id, item_id=item_id,
-                           output_index=output_index, call_id=call_id, delta=delta)
+    def arguments_delta(
+        self, response_id: str, item_id: str, output_index: int, call_id: str, delta: str
+    ) -> Event | None:
+        return self._event(
+            "response.function_call_arguments.delta",
+            response_id=response_id,
+            item_id=item_id,
+            output_index=output_index,
+            call_id=call_id,
+            delta=delta,
+        )
 
-    def arguments_done(self, response_id: str, item_id: str, output_index: int, call_id: str, name: str,
-                       arguments: str) -> Event | None:
-        return self._event("response.function_call_arguments.done", response_id=response_id, item_id=item_id,
-                           output_index=output_index, call_id=call_id, name=name, arguments=arguments)
+    def arguments_done(
+        self, response_id: str, item_id: str, output_index: int, call_id: str, name: str, arguments: str
+    ) -> Event | None:
+        return self._event(
+            "response.function_call_arguments.done",
+            response_id=response_id,
+            item_id=item_id,
+            output_index=output_index,
+            call_id=call_id,
+            name=name,
+            arguments=arguments,
+        )
 
     def rate_limits(self, tokens_remaining: int) -> Event | None:
         return self._event(

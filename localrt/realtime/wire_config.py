@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 # --- shared pieces ------------------------------------------------------------------------------------------
 class FormatPCM(_Strict):
     type: Literal["audio/pcm"]
-    rate: int = Field(24000, ge=24000, le=24000)
+    rate: int = Field(default=24000, ge=24000, le=24000)
 
 
 class FormatPCMU(_Strict):
@@ -58,10 +58,10 @@ class NoiseReductionWire(_Strict):
 
 class ServerVadWire(_Strict):
     type: Literal["server_vad"]
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    prefix_padding_ms: int = Field(300, ge=0, le=10_000)
-    silence_duration_ms: int = Field(DEFAULT_SILENCE_MS, ge=0, le=10_000)
-    idle_timeout_ms: int | None = Field(None, ge=0)
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=10_000)
+    silence_duration_ms: int = Field(default=DEFAULT_SILENCE_MS, ge=0, le=10_000)
+    idle_timeout_ms: int | None = Field(default=None, ge=0)
     create_response: bool = True
     interrupt_response: bool = True
 
@@ -114,15 +114,13 @@ class GAInput(_Strict):
     format: GAFormat = Field(default_factory=lambda: FormatPCM(type="audio/pcm"))
     transcription: TranscriptionWire | None = None
     noise_reduction: NoiseReductionWire | None = None
-    turn_detection: TurnDetectionWire | None = Field(
-        default_factory=lambda: ServerVadWire(type="server_vad")
-    )
+    turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
 
 
 class GAOutput(_Strict):
     format: GAFormat = Field(default_factory=lambda: FormatPCM(type="audio/pcm"))
     voice: Voice = "alloy"
-    speed: float = Field(1.0, ge=0.25, le=1.5)
+    speed: float = Field(default=1.0, ge=0.25, le=1.5)
 
 
 class GAAudio(_Strict):
@@ -133,7 +131,9 @@ class GAAudio(_Strict):
 class GASession(_ReadOnly):
     type: Literal["realtime"]
     model: str | None = None
-    output_modalities: Modalities = Field(default_factory=lambda: ["audio"], min_length=1)
+    output_modalities: Modalities = Field(
+        default_factory=lambda: list[Literal["text", "audio"]](["audio"]), min_length=1
+    )
     instructions: str = DEFAULT_INSTRUCTIONS
     tools: list[FunctionToolWire] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
@@ -151,9 +151,7 @@ class GATranscriptionInput(_Strict):
     format: GAFormat = Field(default_factory=lambda: FormatPCM(type="audio/pcm"))
     transcription: TranscriptionWire | None = None
     noise_reduction: NoiseReductionWire | None = None
-    turn_detection: TurnDetectionWire | None = Field(
-        default_factory=lambda: ServerVadWire(type="server_vad")
-    )
+    turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
 
 
 class GATranscriptionAudio(_Strict):
@@ -177,13 +175,13 @@ class GAResponseAudio(_Strict):
 
 
 class GAResponseParams(_Strict):
-    output_modalities: Modalities | None = Field(None, min_length=1)
+    output_modalities: Modalities | None = Field(default=None, min_length=1)
     instructions: str | None = None
     tools: list[FunctionToolWire] | None = None
     tool_choice: ToolChoice | None = None
     audio: GAResponseAudio | None = None
     max_output_tokens: MaxTokens | None = None
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
     conversation: Literal["auto", "none"] | None = None
     input: list[InputItemParam] | None = None
     prompt: Any = None
@@ -194,20 +192,20 @@ class GAResponseParams(_Strict):
 # --- beta ---------------------------------------------------------------------------------------------------
 class BetaSession(_ReadOnly):
     model: str | None = None
-    modalities: Modalities = Field(default_factory=lambda: ["text", "audio"], min_length=1)
+    modalities: Modalities = Field(
+        default_factory=lambda: list[Literal["text", "audio"]](["text", "audio"]), min_length=1
+    )
     instructions: str = DEFAULT_INSTRUCTIONS
     voice: Voice = "alloy"
-    speed: float = Field(1.0, ge=0.25, le=1.5)
+    speed: float = Field(default=1.0, ge=0.25, le=1.5)
     input_audio_format: BetaFormat = "pcm16"
     output_audio_format: BetaFormat = "pcm16"
     input_audio_transcription: TranscriptionWire | None = None
     input_audio_noise_reduction: NoiseReductionWire | None = None
-    turn_detection: TurnDetectionWire | None = Field(
-        default_factory=lambda: ServerVadWire(type="server_vad")
-    )
+    turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
     tools: list[FunctionToolWire] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
-    temperature: float = Field(0.8, ge=0.6, le=1.2)
+    temperature: float = Field(default=0.8, ge=0.6, le=1.2)
     max_response_output_tokens: MaxTokens = "inf"
     tracing: Any = None
     truncation: Any = None
@@ -221,21 +219,19 @@ class BetaTranscriptionSession(_ReadOnly):
     input_audio_format: BetaFormat = "pcm16"
     input_audio_transcription: TranscriptionWire | None = None
     input_audio_noise_reduction: NoiseReductionWire | None = None
-    turn_detection: TurnDetectionWire | None = Field(
-        default_factory=lambda: ServerVadWire(type="server_vad")
-    )
+    turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
     include: list[str] | None = None
 
 
 class BetaResponseParams(_Strict):
-    modalities: Modalities | None = Field(None, min_length=1)
+    modalities: Modalities | None = Field(default=None, min_length=1)
     instructions: str | None = None
     voice: Voice | None = None
     output_audio_format: BetaFormat | None = None
     tools: list[FunctionToolWire] | None = None
     tool_choice: ToolChoice | None = None
-    temperature: float | None = Field(None, ge=0.6, le=1.2)
+    temperature: float | None = Field(default=None, ge=0.6, le=1.2)
     max_response_output_tokens: MaxTokens | None = None
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
     conversation: Literal["auto", "none"] | None = None
     input: list[InputItemParam] | None = None

@@ -1,0 +1,134 @@
+"""HTTP endpoints against the engines called directly, side by side in one run.
+
+Each pair runs back to back on the same input, alternating which goes first, so both see the same
+machine state and the same KV-cache luck.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import openai
+
+from localrt.audio.codecs import encode
+from localrt.bench.inputs import INSTRUCTIONS, Utterance
+
+T = TypeVar("T")
+
+CHAT_MAX_TOKENS = 96
+SPEECH_TEXT = (
+    "Local speech synthesis starts quickly. The first sentence is sent while the rest is made. "
+    "That keeps the wait short."
+)
+
+
+def _in(executor: Executor, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in an engine's own worker thread (llama.cpp contexts are single threaded)."""
+    return executor.submit(fn).result()
+
+
+def _chat_messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": question}]
+
+
+def _rates(t0: float, first: float | None, end: float, n: int) -> dict[str, float | None]:
+    ttft = None if first is None else first - t0
+    tps = (n - 1) / (end - first) if first is not None and n > 1 and end > first else None
+    return {"ttft_s": ttft, "tokens_per_s": tps, "tokens": n}
+
+
+def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    stream = client.chat.completions.create(
+        model="gpt-4o",
+        messages=_chat_messages(question),  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=CHAT_MAX_TOKENS,
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            n += 1
+            if first is None:
+                first = time.perf_counter()
+    return _rates(t0, first, time.perf_counter(), n)
+
+
+def chat_direct(engine: Any, question: str) -> dict[str, Any]:
+    """llama-cpp-python itself, same model object, prompt and settings, no server."""
+
+    def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for chunk in engine.llama.create_chat_completion(
+            _chat_messages(question), temperature=0, max_tokens=CHAT_MAX_TOKENS, stream=True
+        ):
+            if chunk["choices"][0]["delta"].get("content"):
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+        return _rates(t0, first, time.perf_counter(), n)
+
+    result: dict[str, Any] = _in(engine._executor, run)
+    return result
+
+
+def transcription_http(http: httpx.Client, utt: Utterance) -> dict[str, Any]:
+    wav = encode((utt.pcm16k * 32767).astype(np.int16), 16000, "wav")
+    t0 = time.perf_counter()
+    resp = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("q.wav", wav, "audio/wav")},
+        data={"model": "whisper-1", "response_format": "json"},
+    )
+    elapsed = time.perf_counter() - t0
+    resp.raise_for_status()
+    duration = len(utt.pcm16k) / 16000
+    return {"time_s": elapsed, "rtf": elapsed / duration, "text": resp.json()["text"]}
+
+
+async def transcription_direct(stt: Any, utt: Utterance) -> dict[str, Any]:
+    wav = encode((utt.pcm16k * 32767).astype(np.int16), 16000, "wav")
+    from localrt.audio.codecs import decode
+
+    t0 = time.perf_counter()
+    audio = decode(wav, 16000)  # the endpoint decodes the upload too: same work on both sides
+    result = await stt.transcribe(audio)
+    elapsed = time.perf_counter() - t0
+    duration = len(utt.pcm16k) / 16000
+    return {"time_s": elapsed, "rtf": elapsed / duration, "text": result.text}
+
+
+def speech_http(http: httpx.Client) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = None
+    total = 0
+    with http.stream(
+        "POST",
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": SPEECH_TEXT, "response_format": "pcm"},
+    ) as resp:
+        resp.raise_for_status()
+        for data in resp.iter_bytes():
+            if data and first is None:
+                first = time.perf_counter()
+            total += len(data)
+    return {"ttfb_s": None if first is None else first - t0, "total_s": time.perf_counter() - t0, "bytes": total}
+
+
+async def speech_direct(tts: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = None
+    async with tts.stream(SPEECH_TEXT) as chunks:
+        async for _ in chunks:
+            if first is None:
+                first = time.perf_counter()
+    return {"ttfb_s": None if first is None else first - t0, "total_s": time.perf_counter() - t0}

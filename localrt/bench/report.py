@@ -1,0 +1,215 @@
+"""The bench's outputs: summaries with targets, a table on stdout, ``results.json`` and ``latency.png``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import os
+from pathlib import Path
+from typing import Any
+
+from localrt.bench.stats import ratio, summary
+from localrt.bench.voice import STAGES
+
+TARGETS = {
+    "voice_compute_over_floor_p50": ("<=", 1.15),
+    "chat_tokens_per_s_http_over_direct": (">=", 0.95),
+    "chat_ttft_overhead_ms": ("<=", 15.0),
+    "transcription_http_over_direct": ("<=", 1.10),
+    "speech_ttfb_http_over_direct": ("<=", 1.10),
+    "concurrency_all_turns_completed": ("==", True),
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
+
+
+def _met(op: str, value: Any, target: Any) -> bool | None:
+    if value is None:
+        return None
+    return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    turns = [t for t in raw["voice_turns"] if t["status"] == "completed"]
+    floors = raw["floor"]
+    per_turn_ratio = [
+        t["server_compute_s"] / f["total_s"]
+        for t, f in zip(raw["voice_turns"], floors)
+        if t["status"] == "completed" and t["server_compute_s"] and f["total_s"]
+    ]
+    voice = {
+        "turns": len(raw["voice_turns"]),
+        "completed": len(turns),
+        "user_perceived_s": summary([t["user_perceived_s"] for t in turns]),
+        "server_compute_s": summary([t["server_compute_s"] for t in turns]),
+        "stages_s": {name: summary([t["stages_s"].get(name) for t in turns]) for name, _, _ in STAGES},
+        "floor_s": {
+            "total": summary([f["total_s"] for f in floors]),
+            "stt": summary([f["stt_s"] for f in floors]),
+            "llm_first_clause": summary([f["llm_first_clause_s"] for f in floors]),
+            "tts_first_chunk": summary([f["tts_first_chunk_s"] for f in floors]),
+        },
+        "compute_over_floor": summary(per_turn_ratio),
+    }
+    chat_h, chat_d = raw["chat"]["http"], raw["chat"]["direct"]
+    chat = {
+        "http": {"ttft_s": summary([r["ttft_s"] for r in chat_h]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_h])},
+        "direct": {"ttft_s": summary([r["ttft_s"] for r in chat_d]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_d])},
+    }
+    stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
+    transcription = {
+        "http": {"time_s": summary([r["time_s"] for r in stt_h]), "rtf": summary([r["rtf"] for r in stt_h])},
+        "direct": {"time_s": summary([r["time_s"] for r in stt_d]), "rtf": summary([r["rtf"] for r in stt_d])},
+    }
+    tts_h, tts_d = raw["speech"]["http"], raw["speech"]["direct"]
+    speech = {
+        "http": {"ttfb_s": summary([r["ttfb_s"] for r in tts_h])},
+        "direct": {"ttfb_s": summary([r["ttfb_s"] for r in tts_d])},
+    }
+    concurrency = {}
+    for level, samples in raw["concurrency"].items():
+        ok = [s for s in samples if s["status"] == "completed"]
+        concurrency[level] = {
+            "turns": len(samples),
+            "completed": len(ok),
+            "user_perceived_s": summary([s["user_perceived_s"] for s in ok]),
+            "server_compute_s": summary([s["server_compute_s"] for s in ok]),
+        }
+    http_ttft, direct_ttft = chat["http"]["ttft_s"]["p50"], chat["direct"]["ttft_s"]["p50"]
+    measures = {
+        "voice_compute_over_floor_p50": voice["compute_over_floor"]["p50"],
+        "chat_tokens_per_s_http_over_direct": ratio(
+            chat["http"]["tokens_per_s"]["p50"], chat["direct"]["tokens_per_s"]["p50"]
+        ),
+        "chat_ttft_overhead_ms": None
+        if http_ttft is None or direct_ttft is None
+        else (http_ttft - direct_ttft) * 1000,
+        "transcription_http_over_direct": ratio(
+            transcription["http"]["time_s"]["p50"], transcription["direct"]["time_s"]["p50"]
+        ),
+        "speech_ttfb_http_over_direct": ratio(speech["http"]["ttfb_s"]["p50"], speech["direct"]["ttfb_s"]["p50"]),
+        "concurrency_all_turns_completed": all(c["completed"] == c["turns"] for c in concurrency.values())
+        if concurrency
+        else None,
+    }
+    targets = {
+        name: {"value": measures[name], "target": f"{op} {target}", "met": _met(op, measures[name], target)}
+        for name, (op, target) in TARGETS.items()
+    }
+    return {
+        "voice": voice,
+        "chat": chat,
+        "transcription": transcription,
+        "speech": speech,
+        "concurrency": concurrency,
+        "targets": targets,
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f}"
+
+
+def table(summ: dict[str, Any]) -> str:
+    lines = []
+    v = summ["voice"]
+    lines.append(f"Voice turns: {v['completed']}/{v['turns']} completed (times in ms)")
+    lines.append(f"  {'metric':<34}{'p50':>8}{'p95':>8}{'max':>8}")
+
+    def row(label: str, s: dict[str, Any]) -> None:
+        lines.append(f"  {label:<34}{_ms(s['p50']):>8}{_ms(s['p95']):>8}{_ms(s['max']):>8}")
+
+    row("user-perceived (client clock)", v["user_perceived_s"])
+    row("server compute (speech_stopped->audio)", v["server_compute_s"])
+    for name, s in v["stages_s"].items():
+        row(f"  stage {name}", s)
+    row("floor (engines direct)", v["floor_s"]["total"])
+    for name in ("stt", "llm_first_clause", "tts_first_chunk"):
+        row(f"  floor {name}", v["floor_s"][name])
+    c = summ["chat"]
+    lines.append("HTTP")
+    lines.append(
+        f"  chat TTFT p50: http {_ms(c['http']['ttft_s']['p50'])} ms, direct {_ms(c['direct']['ttft_s']['p50'])} ms; "
+        f"tokens/s p50: http {c['http']['tokens_per_s']['p50'] or 0:.1f}, direct {c['direct']['tokens_per_s']['p50'] or 0:.1f}"
+    )
+    t = summ["transcription"]
+    lines.append(
+        f"  transcription p50: http {_ms(t['http']['time_s']['p50'])} ms (RTF {t['http']['rtf']['p50'] or 0:.3f}), "
+        f"direct {_ms(t['direct']['time_s']['p50'])} ms (RTF {t['direct']['rtf']['p50'] or 0:.3f})"
+    )
+    s = summ["speech"]
+    lines.append(
+        f"  speech TTFB p50: http {_ms(s['http']['ttfb_s']['p50'])} ms, direct {_ms(s['direct']['ttfb_s']['p50'])} ms"
+    )
+    lines.append("Concurrent sessions (user-perceived, ms)")
+    for level, cs in summ["concurrency"].items():
+        up = cs["user_perceived_s"]
+        lines.append(
+            f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed, "
+            f"p50 {_ms(up['p50'])}, p95 {_ms(up['p95'])}"
+        )
+    lines.append("Targets")
+    for name, tgt in summ["targets"].items():
+        value = tgt["value"]
+        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[tgt["met"]]
+        lines.append(f"  {name:<40}{shown:>10}  (target {tgt['target']}) {verdict}")
+    return "\n".join(lines)
+
+
+def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    v = summ["voice"]
+    server = [(v["stages_s"][n]["p50"] or 0) * 1000 for n, _, _ in STAGES]
+    floor = [
+        (v["floor_s"]["stt"]["p50"] or 0) * 1000,
+        (v["floor_s"]["llm_first_clause"]["p50"] or 0) * 1000,
+        (v["floor_s"]["tts_first_chunk"]["p50"] or 0) * 1000,
+        0.0,
+    ]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    for col, values in enumerate((server, floor)):
+        bottom = 0.0
+        for (name, _, _), value, color in zip(STAGES, values, colors):
+            left.bar(col, value, bottom=bottom, color=color, label=name if col == 0 else None)
+            bottom += value
+    left.set_xticks([0, 1], ["server (p50 stages)", "floor (engines direct)"])
+    left.set_ylabel("ms after speech_stopped")
+    left.set_title("Voice turn: time to first reply audio")
+    left.legend()
+    levels = list(raw["concurrency"])
+    data = [
+        [s["user_perceived_s"] * 1000 for s in raw["concurrency"][lvl] if s["user_perceived_s"] is not None]
+        for lvl in levels
+    ]
+    if levels:
+        right.boxplot(data, labels=[f"{lvl} session(s)" for lvl in levels])
+    right.set_ylabel("user-perceived latency, ms")
+    right.set_title("Latency by concurrent sessions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(raw: dict[str, Any], summ: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "png": out / "latency.png", "table": out / "table.txt"}
+    paths["json"].write_text(json.dumps({"summary": summ, "raw": raw}, indent=2))
+    paths["table"].write_text(table(summ) + "\n")
+    chart(summ, raw, paths["png"])
+    return paths

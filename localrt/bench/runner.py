@@ -1,0 +1,182 @@
+"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP pairs, concurrency, report.
+
+By default the server runs in this process (uvicorn in a thread, over the same engines the floor
+uses); ``--url`` measures a running server instead, with the floor computed on engines loaded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from tqdm import tqdm
+
+from localrt.bench import http as http_bench
+from localrt.bench import report
+from localrt.bench.inputs import Utterance, synthesize
+from localrt.bench.voice import VoiceClient, apply_marks, floor_turn, run_turn
+from localrt.engines import Engines, load_engines
+from localrt.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    url: str | None = None
+    api_key: str | None = None
+    turns: int = 20
+    http_runs: int = 6
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    turns_per_session: int = 3
+    out: Path = Path("bench-results")
+    settings: Settings = field(default_factory=Settings)
+
+
+@contextlib.contextmanager
+def in_process_server(settings: Settings, engines: Engines) -> Iterator[str]:
+    import socket
+
+    import uvicorn
+
+    from localrt.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings, engines), host="127.0.0.1", port=port, log_level="warning",
+        ws_max_size=16 * 1024 * 1024,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+async def _session_turns(url: str, api_key: str | None, utts: list[Utterance]) -> list[dict[str, Any]]:
+    out = []
+    async with VoiceClient(url, api_key) as client:
+        for utt in utts:
+            sample = await client.turn(utt)
+            if sample.response_id:
+                apply_marks(sample, await client.server_marks(sample.response_id))
+            out.append(sample.to_dict())
+    return out
+
+
+async def run(cfg: BenchConfig) -> dict[str, Any]:
+    engines = await asyncio.to_thread(load_engines, cfg.settings)
+    try:
+        with contextlib.ExitStack() as stack:
+            url = cfg.url or stack.enter_context(in_process_server(cfg.settings, engines))
+            return await _run(cfg, url, engines)
+    finally:
+        await asyncio.to_thread(engines.close)
+
+
+async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
+    utts = await synthesize(engines.tts)
+    questions = list(itertools.islice(itertools.cycle(utts), cfg.turns))
+    conc_turns = sum(level * cfg.turns_per_session for level in cfg.concurrency)
+    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1
+    raw: dict[str, Any] = {
+        "machine": report.machine(),
+        "url": cfg.url or "in-process",
+        "voice_turns": [],
+        "floor": [],
+        "chat": {"http": [], "direct": []},
+        "transcription": {"http": [], "direct": []},
+        "speech": {"http": [], "direct": []},
+        "concurrency": {},
+    }
+    client = openai.OpenAI(base_url=url + "/v1", api_key=cfg.api_key or "unused", max_retries=0, timeout=120)
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    llm = await engines.llm.get(None)
+    with tqdm(total=total, desc="bench", unit="step") as bar, httpx.Client(
+        base_url=url, timeout=120, headers=headers
+    ) as http:
+        # Warm-up: one of each, not recorded (first calls pay one-off allocation costs).
+        await run_turn(url, utts[0], cfg.api_key)
+        await asyncio.to_thread(http_bench.chat_http, client, "Hello")
+        bar.update(1)
+
+        for utt in questions:
+            sample = await run_turn(url, utt, cfg.api_key)
+            raw["voice_turns"].append(sample.to_dict())
+            raw["floor"].append((await floor_turn(engines, utt)).to_dict())
+            bar.update(1)
+
+        for i in range(cfg.http_runs):
+            question = utts[i % len(utts)].text
+            pair = [
+                ("http", lambda q=question: asyncio.to_thread(http_bench.chat_http, client, q)),
+                ("direct", lambda q=question: asyncio.to_thread(http_bench.chat_direct, llm, q)),
+            ]
+            for side, call in pair if i % 2 == 0 else reversed(pair):
+                raw["chat"][side].append(await call())
+            bar.update(1)
+        for i in range(cfg.http_runs):
+            utt = utts[i % len(utts)]
+            if i % 2 == 0:
+                raw["transcription"]["http"].append(await asyncio.to_thread(http_bench.transcription_http, http, utt))
+                raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
+            else:
+                raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
+                raw["transcription"]["http"].append(await asyncio.to_thread(http_bench.transcription_http, http, utt))
+            bar.update(1)
+        for i in range(cfg.http_runs):
+            if i % 2 == 0:
+                raw["speech"]["http"].append(await asyncio.to_thread(http_bench.speech_http, http))
+                raw["speech"]["direct"].append(await http_bench.speech_direct(engines.tts))
+            else:
+                raw["speech"]["direct"].append(await http_bench.speech_direct(engines.tts))
+                raw["speech"]["http"].append(await asyncio.to_thread(http_bench.speech_http, http))
+            bar.update(1)
+
+        for level in cfg.concurrency:
+            batches = [
+                [utts[(s + k) % len(utts)] for k in range(cfg.turns_per_session)] for s in range(level)
+            ]
+            results = await asyncio.gather(*(_session_turns(url, cfg.api_key, b) for b in batches))
+            raw["concurrency"][str(level)] = [t for session in results for t in session]
+            bar.update(1)
+    client.close()
+    raw["config"] = {
+        "turns": cfg.turns,
+        "http_runs": cfg.http_runs,
+        "concurrency": list(cfg.concurrency),
+        "turns_per_session": cfg.turns_per_session,
+        "concurrency_turns": conc_turns,
+    }
+    return raw
+
+
+def main(cfg: BenchConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    raw = asyncio.run(run(cfg))
+    raw["wall_s"] = time.monotonic() - started
+    summ = report.summarize(raw)
+    paths = report.write(raw, summ, cfg.out)
+    print(report.table(summ))
+    print(f"\nwrote {paths['json']}, {paths['png']} and {paths['table']} in {raw['wall_s']:.0f} s")
+    return summ

@@ -1,0 +1,234 @@
+"""Voice turns over /v1/realtime as a real client makes them, and the same work done on the engines.
+
+A turn: a raw WebSocket client streams a spoken question at real-time pace in 20 ms chunks, then silence,
+with server VAD on, until ``response.done``. The client clock gives the user-perceived latency (last
+voiced sample sent -> first reply audio delta received); the server's timing marks (``/debug/timings``)
+break the server's share into stages. The floor is the same work with no server in between: Whisper on
+the same utterance, the LLM to its first speakable clause, Piper on that clause until its first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import websockets
+
+from localrt.bench.inputs import INSTRUCTIONS, Utterance
+from localrt.engines.llm import SamplingParams, TextDelta
+from localrt.text.chunker import ClauseChunker
+
+CHUNK_MS = 20
+SAMPLES_PER_CHUNK = 24000 * CHUNK_MS // 1000
+TURN_TIMEOUT_S = 60.0
+# Stage boundaries, in order; consecutive differences are the stages of the server's compute.
+STAGES = (
+    ("stt", "speech_stopped", "stt_done"),
+    ("llm_first_clause", "stt_done", "first_clause"),
+    ("tts_first_chunk", "first_clause", "tts_first_chunk"),
+    ("rest", "tts_first_chunk", "first_audio_sent"),
+)
+
+
+@dataclass
+class TurnSample:
+    question: str
+    session_id: str = ""
+    response_id: str = ""
+    transcript: str = ""
+    reply_transcript: str = ""
+    user_perceived_s: float | None = None  # last voiced sample sent -> first audio delta received
+    server_compute_s: float | None = None  # speech_stopped -> first audio delta sent (server clock)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    reply_audio_s: float = 0.0
+    status: str = ""
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FloorSample:
+    question: str
+    stt_s: float
+    llm_first_clause_s: float
+    tts_first_chunk_s: float
+    first_clause: str
+
+    @property
+    def total_s(self) -> float:
+        return self.stt_s + self.llm_first_clause_s + self.tts_first_chunk_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_s": self.total_s}
+
+
+def ws_url(base_url: str) -> str:
+    return base_url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=gpt-realtime"
+
+
+SESSION = {
+    "type": "realtime",
+    "instructions": INSTRUCTIONS,
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "whisper-1"},
+            "turn_detection": {"type": "server_vad"},
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}},
+    },
+}
+
+
+class VoiceClient:
+    """One realtime session driven like a microphone; several turns may run in it one after another."""
+
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.session_id = ""
+        self._ws: Any = None
+
+    async def __aenter__(self) -> VoiceClient:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._ws = await websockets.connect(
+            ws_url(self.base_url), additional_headers=headers, max_size=16 * 1024 * 1024
+        )
+        created = json.loads(await self._ws.recv())
+        if created.get("type") != "session.created":
+            raise RuntimeError(f"expected session.created, got {created}")
+        self.session_id = created["session"]["id"]
+        await self._ws.send(json.dumps({"type": "session.update", "session": SESSION}))
+        while (event := json.loads(await self._ws.recv()))["type"] != "session.updated":
+            if event["type"] == "error":
+                raise RuntimeError(f"session.update failed: {event['error']}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._ws.close()
+
+    async def turn(self, utt: Utterance, trailing_silence_s: float = 10.0) -> TurnSample:
+        sample = TurnSample(question=utt.text, session_id=self.session_id)
+        clock: dict[str, float] = {}
+        done = asyncio.Event()
+
+        async def send() -> None:
+            audio = utt.pcm24
+            n_speech = len(audio)
+            silence = np.zeros(SAMPLES_PER_CHUNK, dtype=np.int16)
+            start = time.perf_counter()
+            k = 0
+            pos = 0
+            while not done.is_set():
+                if pos < n_speech:
+                    chunk = audio[pos : pos + SAMPLES_PER_CHUNK]
+                else:
+                    chunk = silence
+                    if (pos - n_speech) / 24000 > trailing_silence_s:
+                        return
+                payload = base64.b64encode(chunk.astype("<i2").tobytes()).decode()
+                await self._ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": payload}))
+                if pos < utt.voiced_end <= pos + len(chunk):
+                    clock["last_voiced_sent"] = time.perf_counter()
+                pos += len(chunk)
+                k += 1
+                await asyncio.sleep(max(0.0, start + k * CHUNK_MS / 1000 - time.perf_counter()))
+
+        async def receive() -> None:
+            reply_samples = 0
+            async for raw in self._ws:
+                event = json.loads(raw)
+                kind = event["type"]
+                now = time.perf_counter()
+                if kind == "conversation.item.input_audio_transcription.completed":
+                    sample.transcript = event["transcript"]
+                elif kind == "response.created":
+                    sample.response_id = event["response"]["id"]
+                elif kind == "response.output_audio.delta":
+                    clock.setdefault("first_audio_recv", now)
+                    reply_samples += len(base64.b64decode(event["delta"])) // 2
+                elif kind == "response.output_audio_transcript.done":
+                    sample.reply_transcript = event["transcript"]
+                elif kind == "error":
+                    sample.error = json.dumps(event["error"])
+                elif kind == "response.done":
+                    sample.status = event["response"]["status"]
+                    sample.reply_audio_s = reply_samples / 24000
+                    return
+
+        sender = asyncio.create_task(send())
+        try:
+            await asyncio.wait_for(receive(), TURN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            sample.status = "timeout"
+        finally:
+            done.set()
+            await sender
+        if "last_voiced_sent" in clock and "first_audio_recv" in clock:
+            sample.user_perceived_s = clock["first_audio_recv"] - clock["last_voiced_sent"]
+        return sample
+
+    async def server_marks(self, response_id: str) -> dict[str, float]:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            resp = await client.get("/debug/timings", params={"session_id": self.session_id}, headers=headers)
+            resp.raise_for_status()
+        for entry in resp.json()["data"]:
+            if entry["response_id"] == response_id:
+                marks: dict[str, float] = entry["marks"]
+                return marks
+        return {}
+
+
+def apply_marks(sample: TurnSample, marks: dict[str, float]) -> None:
+    """Fill the server-side numbers of ``sample`` from the server's timing marks."""
+    if "speech_stopped" in marks and "first_audio_sent" in marks:
+        sample.server_compute_s = marks["first_audio_sent"] - marks["speech_stopped"]
+    for name, start, end in STAGES:
+        if start in marks and end in marks:
+            sample.stages_s[name] = marks[end] - marks[start]
+
+
+async def run_turn(base_url: str, utt: Utterance, api_key: str | None = None) -> TurnSample:
+    async with VoiceClient(base_url, api_key) as client:
+        sample = await client.turn(utt)
+        if sample.response_id:
+            apply_marks(sample, await client.server_marks(sample.response_id))
+    return sample
+
+
+async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
+    """The same turn's work on the engines directly: STT, LLM to first clause, TTS to first chunk."""
+    t0 = time.perf_counter()
+    transcription = await engines.stt.transcribe(utt.pcm16k)
+    t1 = time.perf_counter()
+    llm = await engines.llm.get(None)
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcription.text.strip()}]
+    chunker = ClauseChunker()
+    clause = ""
+    async with llm.chat(messages, params=SamplingParams(max_tokens=200)) as stream:
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                clauses = chunker.push(event.text)
+                if clauses:
+                    clause = clauses[0]
+                    break
+    if not clause:
+        clause = next(iter(chunker.flush()), "")
+    t2 = time.perf_counter()
+    tts_s = 0.0
+    if clause:
+        async with engines.tts.stream(clause) as chunks:
+            async for _ in chunks:
+                break
+        tts_s = time.perf_counter() - t2
+    return FloorSample(utt.text, t1 - t0, t2 - t1, tts_s, clause)

@@ -1,0 +1,134 @@
+"""The ``/v1/realtime`` WebSocket: the handshake, then one :class:`~.session.RealtimeSession`.
+
+Handshake rules (protocol §1), all decided before the first event:
+
+- **Shape**: a client that sends ``OpenAI-Beta: realtime=v1`` or offers the ``openai-beta.realtime-v1``
+  subprotocol gets the beta event names and session shape; everyone else gets GA.
+- **Subprotocol**: ``realtime`` is selected only when offered (browsers fail the handshake otherwise;
+  the Python SDK offers none, and ``websockets`` rejects an unrequested one). The entry carrying a key
+  is never echoed.
+- **Key** (only when ``settings.api_key`` is set): ``Authorization: Bearer``, the
+  ``openai-insecure-api-key.<key>`` subprotocol, or the ``api-key`` query parameter. Like OpenAI, the
+  upgrade always succeeds and a bad key gets an ``error`` event and close code 3000.
+- **Model**: ``?model=`` (OpenAI's realtime ids alias the default chat model); none means the default;
+  an unknown one gets ``invalid_model`` and close 4000. ``?intent=transcription`` opens a
+  transcription-only session, which needs no model.
+
+uvicorn answers pings and enforces the message size limit: run it with ``ws_max_size`` of at least
+16 MiB (an append may carry 15 MiB of audio).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from localrt.errors import APIError, AuthenticationError, InvalidRequest, ModelNotFound, ServerError
+from localrt.realtime.events import Dialect
+from localrt.realtime.server_events import ServerEvents
+from localrt.realtime.session import RealtimeSession
+
+logger = logging.getLogger(__name__)
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+CLOSE_AUTH = 3000
+CLOSE_REQUEST = 4000
+
+
+def _dialect(ws: WebSocket, offered: list[str]) -> Dialect:
+    beta_header = "realtime=v1" in ws.headers.get("openai-beta", "").replace(" ", "")
+    return "beta" if beta_header or BETA_SUBPROTOCOL in offered else "ga"
+
+
+def _client_key(ws: WebSocket, offered: list[str]) -> str | None:
+    scheme, _, token = ws.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for entry in offered:
+        if entry.startswith(KEY_SUBPROTOCOL) and len(entry) > len(KEY_SUBPROTOCOL):
+            return entry[len(KEY_SUBPROTOCOL) :]
+    return ws.query_params.get("api-key") or None
+
+
+async def _refuse(ws: WebSocket, events: ServerEvents, err: APIError, close_code: int) -> None:
+    event = events.error(err)
+    if event is not None:
+        await ws.send_json(event)
+    await ws.close(code=close_code, reason=f"{err.type}.{err.code}"[:120])
+
+
+async def realtime_endpoint(ws: WebSocket) -> None:
+    state = ws.app.state
+    settings: Any = getattr(state, "settings", None)
+    engines: Any = getattr(state, "engines", None)
+    offered: list[str] = list(ws.scope.get("subprotocols") or [])
+    dialect = _dialect(ws, offered)
+    intent = ws.query_params.get("intent")
+    transcription = intent == "transcription"
+    events = ServerEvents(dialect, transcription=transcription)
+    await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
+
+    expected = settings.api_key.get_secret_value() if settings is not None and settings.api_key else None
+    if expected is not None:
+        given = _client_key(ws, offered)
+        if given is None or not hmac.compare_digest(expected.encode(), given.encode()):
+            if given is None:
+                err: APIError = AuthenticationError(
+                    "You didn't provide an API key. Provide it in the Authorization header "
+                    "(Authorization: Bearer YOUR_KEY) or the openai-insecure-api-key subprotocol."
+                )
+                err.code = None  # OpenAI's shape when no key was sent at all
+                await _refuse(ws, events, err, CLOSE_AUTH)
+                return
+            await _refuse(ws, events, AuthenticationError("Incorrect API key provided."), CLOSE_AUTH)
+            return
+    if engines is None:
+        await _refuse(ws, events, ServerError("The server's engines are not loaded."), 1011)
+        return
+    if intent not in (None, "", "transcription", "conversation"):
+        err = InvalidRequest(
+            f"Invalid value: '{intent}'. Supported values are: 'transcription'.",
+            param="intent",
+            code="invalid_intent",
+        )
+        await _refuse(ws, events, err, CLOSE_REQUEST)
+        return
+    requested = ws.query_params.get("model") or ws.query_params.get("deployment") or None
+    try:
+        llm_model = engines.llm.resolve(None if transcription else requested)
+    except ModelNotFound:
+        err = InvalidRequest(
+            f"Invalid model: '{requested}'. This server serves {', '.join(_known_models(engines))}.",
+            param="model",
+            code="invalid_model",
+        )
+        await _refuse(ws, events, err, CLOSE_REQUEST)
+        return
+    session = RealtimeSession(
+        ws,
+        engines=engines,
+        dialect=dialect,
+        session_type="transcription" if transcription else "realtime",
+        model=requested or llm_model,
+        llm_model=llm_model,
+        timing_log=getattr(state, "timings", None),
+    )
+    await session.run()
+
+
+def _known_models(engines: Any) -> list[str]:
+    try:
+        return [*engines.llm.ids(), "gpt-realtime", "gpt-4o-realtime-preview"]
+    except AttributeError:
+        return ["gpt-realtime"]
+
+
+routes: list[BaseRoute] = [
+    WebSocketRoute("/v1/realtime", realtime_endpoint),
+    WebSocketRoute("/ws/realtime", realtime_endpoint),
+]

@@ -1,0 +1,88 @@
+"""Server VAD: a streaming state machine over silero's per-window speech probabilities.
+
+The detector is pure (no I/O, no clock): it is fed the probability of each 32 ms window of the 16 kHz
+input stream, in order, exactly once, and returns what happened. Positions are absolute sample offsets in
+the session's input stream, so ``audio_start_ms`` / ``audio_end_ms`` are stream positions, not wall-clock
+times.
+
+- Speech starts at the first window whose probability reaches ``threshold``; the committed audio starts
+  ``prefix_padding_ms`` earlier.
+- Speech continues while the probability stays above a lower threshold (``threshold - 0.15``, silero's
+  own hysteresis); the first window below it starts a silence, and once the silence has lasted
+  ``silence_duration_ms`` the speech has stopped. ``audio_end_ms`` is where the silence began; the
+  committed audio runs to the end of the window that completed the silence (Whisper likes a little
+  trailing silence).
+
+A ``pause`` event marks the start of each silence inside speech and a ``resume`` the return of speech
+before the silence was long enough. They are where speculative work can hook in later (transcribing, or
+even starting the LLM, during the silence window and discarding the work on ``resume``) without changing
+the detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from localrt.realtime.config import TurnDetection
+
+WINDOW = 512  # samples per probability (32 ms at 16 kHz)
+RATE = 16000
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    kind: Literal["speech_started", "speech_stopped", "pause", "resume"]
+    position: int  # speech start (after padding) / speech end / silence start, in 16 kHz samples
+    commit_end: int = 0  # speech_stopped: the end of the audio to commit
+
+
+class TurnDetector:
+    def __init__(self, cfg: TurnDetection, origin: int) -> None:
+        """``origin``: the stream position of the first window this detector will be fed."""
+        self.cfg = cfg
+        self._next = origin  # position of the next window
+        self.speaking = False
+        self.speech_start = 0
+        self._silence_start: int | None = None
+
+    def configure(self, cfg: TurnDetection) -> None:
+        self.cfg = cfg
+
+    def reset(self, origin: int | None = None) -> None:
+        """Back to waiting for speech (after a manual commit or a clear)."""
+        self.speaking = False
+        self._silence_start = None
+        if origin is not None:
+            self._next = origin
+
+    def push(self, probabilities: list[float], floor: int = 0) -> list[TurnEvent]:
+        """Feed the next windows' probabilities; ``floor``: padding never reaches before this position."""
+        threshold = self.cfg.threshold
+        low = max(threshold - 0.15, 0.01)
+        padding = self.cfg.prefix_padding_ms * RATE // 1000
+        silence = self.cfg.silence_ms * RATE // 1000
+        out: list[TurnEvent] = []
+        for p in probabilities:
+            pos = self._next
+            self._next += WINDOW
+            if not self.speaking:
+                if p >= threshold:
+                    self.speaking = True
+                    self._silence_start = None
+                    self.speech_start = max(floor, pos - padding)
+                    out.append(TurnEvent("speech_started", self.speech_start))
+                continue
+            if p >= low:
+                if self._silence_start is not None:
+                    self._silence_start = None
+                    out.append(TurnEvent("resume", pos))
+                continue
+            if self._silence_start is None:
+                self._silence_start = pos
+                out.append(TurnEvent("pause", pos))
+            if self._next - self._silence_start >= silence:
+                self.speaking = False
+                out.append(TurnEvent("speech_stopped", self._silence_start, commit_end=self._next))
+                self._silence_start = None
+        return out
