@@ -47,8 +47,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        err: APIError = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
-        err.code = "unknown_url"
+        err: APIError = NotFound(
+            f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
+        )
     else:
         err = APIError(str(exc.detail), status=exc.status_code, code=None)
     return error_response(err)
@@ -83,11 +84,12 @@ class APIKeyMiddleware:
             given = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
             if not key_matches(self.api_key, given):
                 if given is None:
+                    # OpenAI's shape when no key was sent at all: code null.
                     err = AuthenticationError(
                         "You didn't provide an API key. Provide it in the Authorization header "
                         "(Authorization: Bearer YOUR_KEY).",
+                        code=None,
                     )
-                    err.code = None  # OpenAI's shape when no key was sent at all
                 else:
                     err = AuthenticationError("Incorrect API key provided.")
                 await error_response(err)(scope, receive, send)

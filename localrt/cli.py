@@ -56,7 +56,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
 
 def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> Settings:
     try:
-        return Settings(_cli_settings_source=source(parsed_args=args))  # type: ignore[call-arg]
+        return Settings(_cli_settings_source=source(parsed_args=args))
     except ValidationError as exc:
         sys.exit(f"localrt: invalid settings:\n{exc}")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+_UNSET: Any = object()  # "keep the class's default code", distinct from an explicit None
+
 
 class APIError(Exception):
     """An error to report to the client in OpenAI's shape."""
@@ -23,14 +25,14 @@ class APIError(Exception):
         message: str,
         *,
         param: str | None = None,
-        code: str | None = None,
+        code: str | None = _UNSET,
         status: int | None = None,
         type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        if code is not None:
+        if code is not _UNSET:
             self.code = code
         if status is not None:
             self.status = status

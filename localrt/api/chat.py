@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -52,7 +53,9 @@ async def chat_completions(request: Request) -> Response:
     stream = engine.chat(
         _messages(req),
         tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
-        tool_choice=req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else req.tool_choice,
+        tool_choice=req.tool_choice.model_dump()
+        if isinstance(req.tool_choice, BaseModel)
+        else req.tool_choice,
         response_format=req.response_format.to_engine() if req.response_format else None,
         params=params,
     )

@@ -54,6 +54,8 @@ def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
         stream=True,
     )
     for chunk in stream:
+        if isinstance(chunk, tuple):
+            continue
         if chunk.choices and chunk.choices[0].delta.content:
             n += 1
             if first is None:

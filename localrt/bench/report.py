@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,10 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     floors = raw["floor"]
     per_turn_ratio = [
         t["server_compute_s"] / f["total_s"]
-        for t, f in zip(raw["voice_turns"], floors)
+        for t, f in zip(raw["voice_turns"], floors, strict=False)
         if t["status"] == "completed" and t["server_compute_s"] and f["total_s"]
     ]
-    voice = {
+    voice: dict[str, Any] = {
         "turns": len(raw["voice_turns"]),
         "completed": len(turns),
         "user_perceived_s": summary([t["user_perceived_s"] for t in turns]),
@@ -62,21 +62,21 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "compute_over_floor": summary(per_turn_ratio),
     }
     chat_h, chat_d = raw["chat"]["http"], raw["chat"]["direct"]
-    chat = {
+    chat: dict[str, Any] = {
         "http": {"ttft_s": summary([r["ttft_s"] for r in chat_h]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_h])},
         "direct": {"ttft_s": summary([r["ttft_s"] for r in chat_d]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_d])},
     }
     stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
-    transcription = {
+    transcription: dict[str, Any] = {
         "http": {"time_s": summary([r["time_s"] for r in stt_h]), "rtf": summary([r["rtf"] for r in stt_h])},
         "direct": {"time_s": summary([r["time_s"] for r in stt_d]), "rtf": summary([r["rtf"] for r in stt_d])},
     }
     tts_h, tts_d = raw["speech"]["http"], raw["speech"]["direct"]
-    speech = {
+    speech: dict[str, Any] = {
         "http": {"ttfb_s": summary([r["ttfb_s"] for r in tts_h])},
         "direct": {"ttfb_s": summary([r["ttfb_s"] for r in tts_d])},
     }
-    concurrency = {}
+    concurrency: dict[str, Any] = {}
     for level, samples in raw["concurrency"].items():
         ok = [s for s in samples if s["status"] == "completed"]
         concurrency[level] = {
@@ -185,7 +185,7 @@ def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
     for col, values in enumerate((server, floor)):
         bottom = 0.0
-        for (name, _, _), value, color in zip(STAGES, values, colors):
+        for (name, _, _), value, color in zip(STAGES, values, colors, strict=False):
             left.bar(col, value, bottom=bottom, color=color, label=name if col == 0 else None)
             bottom += value
     left.set_xticks([0, 1], ["server (p50 stages)", "floor (engines direct)"])
@@ -198,7 +198,7 @@ def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
         for lvl in levels
     ]
     if levels:
-        right.boxplot(data, labels=[f"{lvl} session(s)" for lvl in levels])
+        right.boxplot(data, tick_labels=[f"{lvl} session(s)" for lvl in levels])
     right.set_ylabel("user-perceived latency, ms")
     right.set_title("Latency by concurrent sessions")
     fig.tight_layout()

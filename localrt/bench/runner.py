@@ -40,7 +40,7 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
     out: Path = Path("bench-results")
-    settings: Settings = field(default_factory=Settings)
+    settings: Settings = field(default_factory=lambda: Settings())
 
 
 @contextlib.contextmanager

@@ -210,6 +210,6 @@ class ChatFormatter:
 
     def render(self, messages: list[dict[str, Any]], plan: ToolPlan) -> Prompt:
         turns = normalize_messages(messages, plan)
-        result = self._formatter(messages=turns)
+        result = self._formatter(messages=turns)  # type: ignore[arg-type]
         stop = [s for s in ([result.stop] if isinstance(result.stop, str) else result.stop or []) if s]
         return Prompt(text=result.prompt, stop=stop, added_special=bool(result.added_special))

@@ -63,7 +63,7 @@ def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]
     for match in _SENTENCE.finditer(text):
         sentence = match.group().strip()
         while len(sentence) > max_chars:
-            cut = max((m.end() for m in _CLAUSE_END.finditer(sentence, 0, max_chars)), default=0)
+            cut = max((m.end() for m in _CLAUSE_END.finditer(sentence, 0, max_chars + 1)), default=0)
             if cut == 0:
                 cut = sentence.rfind(" ", 0, max_chars) + 1 or max_chars
             out.append(sentence[:cut].strip())

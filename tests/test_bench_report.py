@@ -1,0 +1,84 @@
+"""The bench's report from synthetic samples: every metric present, stages add up, targets judged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localrt.bench import report
+from localrt.bench.stats import percentile, summary
+from localrt.bench.voice import STAGES, TurnSample, apply_marks
+
+
+def marks(offset: float) -> dict[str, float]:
+    return {
+        "speech_stopped": 100.0 + offset,
+        "stt_done": 100.3 + offset,
+        "first_clause": 100.5 + offset,
+        "tts_first_chunk": 100.56 + offset,
+        "first_audio_sent": 100.57 + offset,
+    }
+
+
+def fake_raw() -> dict[str, Any]:
+    turns, floors = [], []
+    for i in range(5):
+        t = TurnSample(question=f"q{i}", status="completed", user_perceived_s=0.8 + i / 100)
+        apply_marks(t, marks(i))
+        turns.append(t.to_dict())
+        floors.append({"question": f"q{i}", "stt_s": 0.28, "llm_first_clause_s": 0.19,
+                       "tts_first_chunk_s": 0.05, "first_clause": "Hi.", "total_s": 0.52})  # fmt: skip
+    conc = {str(n): [dict(turns[0]) for _ in range(n * 2)] for n in (1, 2, 4)}
+    return {
+        "voice_turns": turns,
+        "floor": floors,
+        "chat": {
+            "http": [{"ttft_s": 0.020, "tokens_per_s": 150.0}] * 3,
+            "direct": [{"ttft_s": 0.012, "tokens_per_s": 152.0}] * 3,
+        },
+        "transcription": {"http": [{"time_s": 0.33, "rtf": 0.15}] * 3, "direct": [{"time_s": 0.31, "rtf": 0.14}] * 3},
+        "speech": {"http": [{"ttfb_s": 0.07}] * 3, "direct": [{"ttfb_s": 0.06}] * 3},
+        "concurrency": conc,
+    }
+
+
+def test_percentiles() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    s = summary([0.1, 0.2, None, 0.3])  # type: ignore[list-item]
+    assert s["n"] == 3 and s["max"] == 0.3
+
+
+def test_stages_add_up_to_server_compute() -> None:
+    t = TurnSample(question="q")
+    apply_marks(t, marks(0))
+    assert set(t.stages_s) == {name for name, _, _ in STAGES}
+    assert t.server_compute_s == pytest.approx(sum(t.stages_s.values()))
+
+
+def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
+    raw = fake_raw()
+    summ = report.summarize(raw)
+    assert summ["voice"]["completed"] == 5
+    for key in ("user_perceived_s", "server_compute_s", "compute_over_floor"):
+        assert {"p50", "p95", "max"} <= set(summ["voice"][key])
+    assert set(summ["voice"]["stages_s"]) == {name for name, _, _ in STAGES}
+    t = summ["targets"]
+    assert t["voice_compute_over_floor_p50"]["value"] == pytest.approx(0.57 / 0.52)
+    assert t["voice_compute_over_floor_p50"]["met"] is True
+    assert t["chat_ttft_overhead_ms"]["value"] == pytest.approx(8.0)
+    assert t["chat_tokens_per_s_http_over_direct"]["met"] is True
+    assert t["transcription_http_over_direct"]["value"] == pytest.approx(0.33 / 0.31)
+    assert t["speech_ttfb_http_over_direct"]["met"] is False  # 0.07 / 0.06 > 1.10
+    assert t["concurrency_all_turns_completed"]["value"] is True
+    assert set(summ["concurrency"]) == {"1", "2", "4"}
+
+    raw["machine"] = report.machine()
+    paths = report.write(raw, summ, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["summary"]["targets"]
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = paths["table"].read_text()
+    assert "user-perceived" in text and "MISSED" in text
