@@ -22,10 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from localrt.api import audio as audio_api
 from localrt.api import chat as chat_api
 from localrt.api import models as models_api
 from localrt.engines import Engines, load_engines
 from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
+from localrt.realtime import endpoint as realtime_api
 from localrt.settings import Settings
 from localrt.timings import TimingLog
 from localrt.timings import routes as timing_routes
@@ -97,19 +99,6 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def _pending_routes() -> list[Any]:
-    # TEMPORARY while the audio and realtime modules are being written.
-    import importlib
-
-    out: list[Any] = []
-    for name in ("localrt.api.audio", "localrt.realtime.endpoint"):
-        try:
-            out.extend(importlib.import_module(name).routes)
-        except ImportError:
-            logger.warning("routes of %s not available yet", name)
-    return out
-
-
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> Starlette:
     settings = settings or Settings()
 
@@ -138,7 +127,13 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
 
     app = Starlette(
-        routes=[*chat_api.routes, *models_api.routes, *timing_routes, *_pending_routes()],
+        routes=[
+            *chat_api.routes,
+            *audio_api.routes,
+            *models_api.routes,
+            *realtime_api.routes,
+            *timing_routes,
+        ],
         middleware=middleware,
         exception_handlers={
             APIError: _api_error,

@@ -65,21 +65,13 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from localrt.app import create_app
+    from localrt.serving import uvicorn_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.Server(uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
 
 
 def list_models(settings: Settings) -> None:

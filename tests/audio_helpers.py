@@ -10,6 +10,7 @@ import jiwer
 import numpy as np
 
 from localrt.audio.resample import resample
+from localrt.serving import serve_in_thread
 
 # Container and codec PyAV uses to write each input format a client might upload.
 CONTAINERS: dict[str, tuple[str, str]] = {
@@ -42,7 +43,9 @@ def dominant_freq(samples: np.ndarray, rate: int) -> float:
     return float(np.argmax(spectrum) * rate / len(samples))
 
 
-def encode_file(samples: np.ndarray, rate: int, fmt: str, channels: int = 1, src_rate: int | None = None) -> bytes:
+def encode_file(
+    samples: np.ndarray, rate: int, fmt: str, channels: int = 1, src_rate: int | None = None
+) -> bytes:
     """float32 mono ``samples`` (at ``src_rate``, default ``rate``) written as a ``fmt`` file at ``rate``
     with ``channels`` channels (the left channel carries the signal, the right a quieter copy)."""
     if src_rate is not None and src_rate != rate:
@@ -63,3 +66,6 @@ def encode_file(samples: np.ndarray, rate: int, fmt: str, channels: int = 1, src
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+serve = serve_in_thread  # uvicorn on a free loopback port in a thread; yields the base URL

@@ -8,13 +8,21 @@ import wave
 import av
 import numpy as np
 import pytest
-
 from audio_helpers import CONTAINERS, dominant_freq, encode_file, tone
+
 from localrt.audio import codecs
 from localrt.errors import InvalidRequest
 
-
-PADDING_S = {"wav": 0.001, "flac": 0.001, "mp3": 0.1, "ogg": 0.03, "webm": 0.03, "m4a": 0.3, "aac": 0.1, "opus": 0.03}
+PADDING_S = {
+    "wav": 0.001,
+    "flac": 0.001,
+    "mp3": 0.1,
+    "ogg": 0.03,
+    "webm": 0.03,
+    "m4a": 0.3,
+    "aac": 0.1,
+    "opus": 0.03,
+}
 
 
 @pytest.mark.parametrize("fmt", list(CONTAINERS))

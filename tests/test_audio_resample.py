@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audio_helpers import dominant_freq, tone
+
 from localrt.audio.resample import StreamResampler, resample
 
 

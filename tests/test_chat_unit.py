@@ -13,7 +13,7 @@ from localrt.app import create_app
 from localrt.engines import Engines
 from localrt.engines.llm import ChatResult, TextDelta
 from localrt.errors import ModelNotFound, ServerError
-from tests.conftest import make_settings
+from tests.servers import make_settings
 
 
 class FakeStream:

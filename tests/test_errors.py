@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import API_KEY
+from tests.servers import API_KEY
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,9 @@ def test_alaw_matches_reference(audioop) -> None:  # type: ignore[no-untyped-def
     assert g711.alaw_decode(ALL_CODES).tobytes() == audioop.alaw2lin(ALL_CODES, 2)
 
 
-@pytest.mark.parametrize(("encode", "decode"), [(g711.ulaw_encode, g711.ulaw_decode), (g711.alaw_encode, g711.alaw_decode)])
+@pytest.mark.parametrize(
+    ("encode", "decode"), [(g711.ulaw_encode, g711.ulaw_decode), (g711.alaw_encode, g711.alaw_decode)]
+)
 def test_round_trip_is_close(encode, decode) -> None:  # type: ignore[no-untyped-def]
     t = np.arange(8000) / 8000
     x = (np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16)
@@ -53,4 +55,4 @@ def test_round_trip_is_close(encode, decode) -> None:  # type: ignore[no-untyped
 def test_silence_codes() -> None:
     assert g711.ulaw_encode(np.zeros(4, np.int16)).tolist() == [0xFF] * 4
     assert g711.alaw_encode(np.zeros(4, np.int16)).tolist() == [0xD5] * 4
-    assert g711.ulaw_decode(b"") .size == 0
+    assert g711.ulaw_decode(b"").size == 0

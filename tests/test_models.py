@@ -49,3 +49,11 @@ def test_health(http: httpx.Client) -> None:
     assert body["status"] == "ok"
     assert body["chat"]["default"] == "smollm2-135m-instruct"
     assert body["chat"]["loaded"] == ["smollm2-135m-instruct"]
+
+
+def test_speech_models_are_listed(openai_client: openai.OpenAI) -> None:
+    models = {m.id: m for m in openai_client.models.list()}
+    for name in ("whisper-tiny.en", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
+        assert models[name].model_extra and models[name].model_extra["kind"] == "transcription", name
+    for name in ("en_US-joe-medium", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"):
+        assert models[name].model_extra and models[name].model_extra["kind"] == "speech", name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from audio_helpers import wer
+
 from localrt.audio.pcm import int16_to_float32
 from localrt.audio.resample import resample
 from localrt.catalog import Catalog
@@ -27,25 +28,28 @@ AUDIO = np.zeros(16000, np.float32)
 class FakeWhisper:
     """Stands in for faster_whisper.WhisperModel: a lazy generator of ``n`` segments."""
 
-    supported_languages = ["en", "fr"]
-
     def __init__(self, n: int = 3, gate_after: int | None = None) -> None:
+        self.supported_languages = ["en", "fr"]
         self.n = n
         self.gate = threading.Event()
         self.gate_after = gate_after
         self.decoded = 0
         self.threads: set[int] = set()
         self.finished = threading.Event()
+        self.started = threading.Event()
         self.kwargs: dict[str, Any] = {}
 
     def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[Any], Any]:
         self.kwargs = kwargs
-        return self._segments(), SimpleNamespace(language=kwargs["language"] or "en", duration=len(audio) / 16000)
+        return self._segments(), SimpleNamespace(
+            language=kwargs["language"] or "en", duration=len(audio) / 16000
+        )
 
     def _segments(self) -> Iterator[Any]:
         try:
             for i in range(self.n):
                 if self.gate_after is not None and i == self.gate_after:
+                    self.started.set()
                     assert self.gate.wait(10), "test did not open the gate"
                 self.threads.add(threading.get_ident())
                 self.decoded += 1
@@ -105,8 +109,7 @@ async def test_cancelling_transcribe_stops_the_worker() -> None:
     model = FakeWhisper(n=2, gate_after=1)
     engine = engine_with(model)
     task = asyncio.create_task(engine.transcribe(AUDIO))
-    while model.decoded == 0:
-        await asyncio.sleep(0.005)
+    await asyncio.to_thread(model.started.wait, 5)  # the worker is inside segment 2's decode
     task.cancel()
     await asyncio.sleep(0.05)
     model.gate.set()  # the worker may finish the segment in hand, then must stop
@@ -135,7 +138,9 @@ async def test_event_loop_stays_free_while_decoding() -> None:
 async def test_options_reach_the_model() -> None:
     model = FakeWhisper(n=1)
     engine = engine_with(model)
-    await engine.transcribe(AUDIO, language="FR", prompt="Hi", temperature=0.5, word_timestamps=True, task="translate")
+    await engine.transcribe(
+        AUDIO, language="FR", prompt="Hi", temperature=0.5, word_timestamps=True, task="translate"
+    )
     assert model.kwargs["language"] == "fr"
     assert model.kwargs["initial_prompt"] == "Hi"
     assert model.kwargs["temperature"] == 0.5
@@ -163,7 +168,7 @@ def test_model_resolution(tmp_path: Path) -> None:
         WhisperEngine.from_settings(settings, Catalog())
     (tmp_path / "model.bin").write_bytes(b"")
     settings = Settings(_env_file=None, stt_model=str(tmp_path))  # type: ignore[call-arg]
-    with pytest.raises(InvalidRequest, match="tokenizer.json"):  # would otherwise hit the network
+    with pytest.raises(InvalidRequest, match=r"tokenizer\.json"):  # would otherwise hit the network
         WhisperEngine.from_settings(settings, Catalog())
 
 
@@ -206,7 +211,7 @@ async def test_real_model_transcribes_piper_speech(engines: Engines, speech: lis
         assert result.language == "en"
         assert result.duration == pytest.approx(len(audio) / 16000)
         words = [w for s in result.segments for w in s.words or []]
-        assert words and all(a.start <= b.start for a, b in zip(words, words[1:], strict=False))
+        assert words and all(a.start <= b.start for a, b in itertools.pairwise(words))
         assert all(0 <= w.start <= w.end <= result.duration + 0.5 for w in words)
 
 

@@ -13,7 +13,8 @@ from localrt import catalog
 from localrt.app import create_app
 from localrt.engines import Engines
 from localrt.engines.llm_pool import LLMPool
-from tests.conftest import ServerThread, make_settings
+from localrt.serving import serve_in_thread
+from tests.servers import make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,8 @@ def client(models_dir: Path) -> Iterator[openai.OpenAI]:
     pool = LLMPool(settings, catalog.scan(models_dir))
     pool.load_default()
     engines = Engines(llm=pool)
-    with ServerThread(create_app(settings, engines)) as server:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    with serve_in_thread(create_app(settings, engines)) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
     engines.close()
 
 

@@ -12,10 +12,6 @@ from localrt.api.common import engines_of
 from localrt.engines import Engines
 from localrt.errors import ModelNotFound
 
-# Speech aliases, so clients asking for OpenAI's names find them listed.
-STT_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
-TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-
 
 def _model(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "localrt", **extra}
@@ -32,16 +28,14 @@ def model_cards(engines: Engines) -> dict[str, dict[str, Any]]:
     for alias in pool.aliases():
         cards.setdefault(alias, _model(alias, default_created, kind="chat", alias_of=pool.default_id))
     if engines.stt is not None:
-        cards[engines.stt.id] = _model(engines.stt.id, default_created, kind="transcription", loaded=True)
-        for alias in STT_ALIASES:
-            cards.setdefault(alias, _model(alias, default_created, kind="transcription", alias_of=engines.stt.id))
+        for model_id in engines.stt.model_ids():
+            extra = {"loaded": True} if model_id == engines.stt.id else {"alias_of": engines.stt.id}
+            cards.setdefault(model_id, _model(model_id, default_created, kind="transcription", **extra))
     if engines.tts is not None:
-        for voice in engines.tts.voices():
-            cards.setdefault(voice.id, _model(voice.id, default_created, kind="speech", loaded=True))
-        for alias in TTS_ALIASES:
-            cards.setdefault(
-                alias, _model(alias, default_created, kind="speech", alias_of=engines.tts.default_voice)
-            )
+        voices = {v.id for v in engines.tts.voices()}
+        for model_id in engines.tts.model_ids():
+            extra = {"voice": True} if model_id in voices else {"default_voice": engines.tts.default_voice}
+            cards.setdefault(model_id, _model(model_id, default_created, kind="speech", **extra))
     return cards
 
 

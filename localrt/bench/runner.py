@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,13 @@ import httpx
 import openai
 from tqdm import tqdm
 
+from localrt.app import create_app
 from localrt.bench import http as http_bench
 from localrt.bench import report
 from localrt.bench.inputs import Utterance, synthesize
 from localrt.bench.voice import VoiceClient, apply_marks, floor_turn, run_turn
 from localrt.engines import Engines, load_engines
+from localrt.serving import serve_in_thread
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,36 +43,6 @@ class BenchConfig:
     settings: Settings = field(default_factory=lambda: Settings())
 
 
-@contextlib.contextmanager
-def in_process_server(settings: Settings, engines: Engines) -> Iterator[str]:
-    import socket
-
-    import uvicorn
-
-    from localrt.app import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, engines), host="127.0.0.1", port=port, log_level="warning",
-        ws_max_size=16 * 1024 * 1024,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="bench-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the in-process server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 async def _session_turns(url: str, api_key: str | None, utts: list[Utterance]) -> list[dict[str, Any]]:
     out = []
     async with VoiceClient(url, api_key) as client:
@@ -88,7 +58,7 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
     engines = await asyncio.to_thread(load_engines, cfg.settings)
     try:
         with contextlib.ExitStack() as stack:
-            url = cfg.url or stack.enter_context(in_process_server(cfg.settings, engines))
+            url = cfg.url or stack.enter_context(serve_in_thread(create_app(cfg.settings, engines)))
             return await _run(cfg, url, engines)
     finally:
         await asyncio.to_thread(engines.close)

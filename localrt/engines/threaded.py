@@ -64,7 +64,13 @@ class ThreadedStream(Generic[T]):
 
     @property
     def stopped(self) -> bool:
+        """Whether the worker has been told to stop (the stream was closed or dropped)."""
         return self._stop.is_set()
+
+    @property
+    def worker_done(self) -> bool:
+        """Whether the worker thread has finished (ran out of items, failed, or stopped)."""
+        return self._future.done()
 
     def __aiter__(self) -> ThreadedStream[T]:
         return self

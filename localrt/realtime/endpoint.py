@@ -55,11 +55,14 @@ def _client_key(ws: WebSocket, offered: list[str]) -> str | None:
     return ws.query_params.get("api-key") or None
 
 
-async def _refuse(ws: WebSocket, events: ServerEvents, err: APIError, close_code: int) -> None:
+async def _refuse(
+    ws: WebSocket, events: ServerEvents, err: APIError, close_code: int, code: str | None = None
+) -> None:
+    """An ``error`` event, then the close OpenAI sends (reason ``<type>.<code>``)."""
     event = events.error(err)
     if event is not None:
         await ws.send_json(event)
-    await ws.close(code=close_code, reason=f"{err.type}.{err.code}"[:120])
+    await ws.close(code=close_code, reason=f"{err.type}.{code or err.code}"[:120])
 
 
 async def realtime_endpoint(ws: WebSocket) -> None:
@@ -83,7 +86,7 @@ async def realtime_endpoint(ws: WebSocket) -> None:
                     "(Authorization: Bearer YOUR_KEY) or the openai-insecure-api-key subprotocol."
                 )
                 err.code = None  # OpenAI's shape when no key was sent at all
-                await _refuse(ws, events, err, CLOSE_AUTH)
+                await _refuse(ws, events, err, CLOSE_AUTH, "invalid_api_key")
                 return
             await _refuse(ws, events, AuthenticationError("Incorrect API key provided."), CLOSE_AUTH)
             return

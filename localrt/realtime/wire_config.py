@@ -13,10 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from localrt.realtime.events import InputItemParam
 
-DEFAULT_INSTRUCTIONS = (
-    "You are a helpful voice assistant. Your replies are spoken aloud, so answer briefly, in one or two "
-    "plain sentences, without lists, markdown or emoji."
-)
+# Short and plain: the embedded 135M model follows these best (longer prompts derail it).
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Answer in one short sentence."
 DEFAULT_SILENCE_MS = 500
 
 

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from rt_fakes import FakeEngines, FakeSettings, make_app
-
-FAKE_KEY = "sk-fake-realtime"
+from rt_fakes import FAKE_KEY, FakeEngines, FakeSettings, make_app
 
 
 def _free_port() -> int:

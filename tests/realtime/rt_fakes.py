@@ -25,6 +25,8 @@ from localrt.engines.llm import ChatResult, SamplingParams, TextDelta, ToolCall,
 from localrt.errors import InvalidRequest, ModelNotFound
 from localrt.realtime import endpoint
 
+FAKE_KEY = "sk-fake-realtime"
+
 Script = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, Any], list[TextDelta | ToolCallDelta]]
 
 
