@@ -71,7 +71,9 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.Server(uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
+    uvicorn.Server(
+        uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)
+    ).run()
 
 
 def list_models(settings: Settings) -> None:

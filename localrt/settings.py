@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     )
     n_batch: int = Field(512, ge=1, description="llama.cpp prompt-processing batch size.")
     max_loaded_models: int = Field(
-        2, ge=1, description="Chat models kept loaded at once; the least recently used other than the "
+        2,
+        ge=1,
+        description="Chat models kept loaded at once; the least recently used other than the "
         "default is unloaded when a request needs another.",
     )
 
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
     )
     voice_map: dict[str, str] = Field(
         default_factory=dict,
-        description='Map of OpenAI voice names to installed Piper voice ids, as JSON, e.g. '
+        description="Map of OpenAI voice names to installed Piper voice ids, as JSON, e.g. "
         '{"alloy": "en_US-joe-medium"}. Unmapped OpenAI voices use the default voice.',
     )
     tts_use_cuda: bool = Field(False, description="Run Piper on CUDA (needs onnxruntime-gpu).")

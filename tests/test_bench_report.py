@@ -39,7 +39,10 @@ def fake_raw() -> dict[str, Any]:
             "http": [{"ttft_s": 0.020, "tokens_per_s": 150.0}] * 3,
             "direct": [{"ttft_s": 0.012, "tokens_per_s": 152.0}] * 3,
         },
-        "transcription": {"http": [{"time_s": 0.33, "rtf": 0.15}] * 3, "direct": [{"time_s": 0.31, "rtf": 0.14}] * 3},
+        "transcription": {
+            "http": [{"time_s": 0.33, "rtf": 0.15}] * 3,
+            "direct": [{"time_s": 0.31, "rtf": 0.14}] * 3,
+        },
         "speech": {"http": [{"ttfb_s": 0.07}] * 3, "direct": [{"ttfb_s": 0.06}] * 3},
         "concurrency": conc,
     }

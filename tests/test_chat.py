@@ -74,9 +74,16 @@ def test_max_tokens_gives_length(openai_client: openai.OpenAI) -> None:
 
 def test_stop_sequence(openai_client: openai.OpenAI) -> None:
     messages = [SYSTEM, {"role": "user", "content": "List the days of the week."}]
-    full = openai_client.chat.completions.create(
-        model="gpt-4o", messages=messages, temperature=0, max_tokens=60  # type: ignore[arg-type]
-    ).choices[0].message.content
+    full = (
+        openai_client.chat.completions.create(
+            model="gpt-4o",
+            messages=messages,
+            temperature=0,
+            max_tokens=60,  # type: ignore[arg-type]
+        )
+        .choices[0]
+        .message.content
+    )
     assert full is not None
     words = full.split()
     stop_word = words[len(words) // 2]
@@ -127,7 +134,13 @@ def test_text_parts_and_roles(openai_client: openai.OpenAI) -> None:
         model="gpt-4o",
         messages=[
             {"role": "developer", "content": "You are a helpful assistant."},
-            {"role": "user", "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": " of France?"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is the capital"},
+                    {"type": "text", "text": " of France?"},
+                ],
+            },
             {"role": "assistant", "content": "The capital of France is Paris."},
             {"role": "user", "content": "Repeat the name of that city."},
         ],
@@ -220,7 +233,11 @@ def test_forced_tool_call_streaming_and_follow_up(openai_client: openai.OpenAI) 
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": deltas[0].id, "type": "function", "function": {"name": "get_time", "arguments": arguments}}
+                {
+                    "id": deltas[0].id,
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": arguments},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": deltas[0].id, "content": '{"time": "14:05"}'},
@@ -267,7 +284,10 @@ def test_response_format_json_schema(openai_client: openai.OpenAI) -> None:
     resp = openai_client.chat.completions.create(
         model="gpt-4o",
         messages=[{"role": "user", "content": "Invent a person and describe them."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
+        },
         max_tokens=200,
     )
     data = json.loads(resp.choices[0].message.content or "")
@@ -296,7 +316,7 @@ def test_client_disconnect_stops_generation(server_url: str, openai_client: open
     with httpx.Client(base_url=server_url, timeout=60) as client:
         with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             lines = resp.iter_lines()
-            got = [line for line, _ in zip(lines, range(6)) if line]
+            got = [line for line, _ in zip(lines, range(6), strict=False) if line]
             assert got and got[0].startswith("data: ")
         # The client is gone: generation must stop (1500 tokens would take many seconds).
         deadline = time.monotonic() + 5

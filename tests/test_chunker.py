@@ -33,7 +33,9 @@ def test_concatenation_is_the_input_verbatim() -> None:
 
 
 def test_first_clause_is_cut_early_at_a_comma() -> None:
-    clauses = feed(ClauseChunker(first_min_words=3), tokens("Well, the capital of France, as you know, is Paris."))
+    clauses = feed(
+        ClauseChunker(first_min_words=3), tokens("Well, the capital of France, as you know, is Paris.")
+    )
     # "Well," has too few words; the first cut comes after "the capital of France,".
     assert clauses[0] == "Well, the capital of France,"
     assert "".join(clauses) == "Well, the capital of France, as you know, is Paris."
@@ -47,7 +49,12 @@ def test_later_clauses_need_more_words_before_an_early_cut() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["It costs 3.50 dollars today.", "Ask Dr. Smith or Mr. Jones now.", "Use e.g. this one.", "J. R. R. Tolkien wrote it."],
+    [
+        "It costs 3.50 dollars today.",
+        "Ask Dr. Smith or Mr. Jones now.",
+        "Use e.g. this one.",
+        "J. R. R. Tolkien wrote it.",
+    ],
 )
 def test_no_cut_inside_numbers_abbreviations_and_initials(text: str) -> None:
     assert feed(ClauseChunker(), tokens(text)) == [text]

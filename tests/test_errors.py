@@ -38,17 +38,47 @@ def still_serves(http: httpx.Client) -> None:
         ({"model": "gpt-4o"}, 400, "missing_required_parameter", "messages"),
         ({"model": "gpt-4o", "messages": []}, 400, "invalid_value", "messages"),
         ({"model": "gpt-4o", "messages": "hello"}, 400, "invalid_type", "messages"),
-        ({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_value", "messages[0].role"),
-        ({"model": "gpt-4o", "messages": [{"content": "x"}]}, 400, "missing_required_parameter", "messages[0].role"),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]},
+            400,
+            "invalid_value",
+            "messages[0].role",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [{"content": "x"}]},
+            400,
+            "missing_required_parameter",
+            "messages[0].role",
+        ),
         ({"model": "gpt-4o", "messages": HI, "temperature": 3}, 400, "invalid_value", "temperature"),
         ({"model": "gpt-4o", "messages": HI, "temperature": "hot"}, 400, "invalid_type", "temperature"),
         ({"model": "gpt-4o", "messages": HI, "top_p": 0}, 400, "invalid_value", "top_p"),
         ({"model": "gpt-4o", "messages": HI, "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
-        ({"model": "gpt-4o", "messages": HI, "presence_penalty": 5}, 400, "invalid_value", "presence_penalty"),
-        ({"model": "gpt-4o", "messages": HI, "frequency_penalty": -5}, 400, "invalid_value", "frequency_penalty"),
+        (
+            {"model": "gpt-4o", "messages": HI, "presence_penalty": 5},
+            400,
+            "invalid_value",
+            "presence_penalty",
+        ),
+        (
+            {"model": "gpt-4o", "messages": HI, "frequency_penalty": -5},
+            400,
+            "invalid_value",
+            "frequency_penalty",
+        ),
         ({"model": "gpt-4o", "messages": HI, "n": 3}, 400, "invalid_value", "n"),
-        ({"model": "gpt-4o", "messages": HI, "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_value", "stop"),
-        ({"model": "gpt-4o", "messages": HI, "response_format": {"type": "xml"}}, 400, "invalid_value", "response_format.type"),
+        (
+            {"model": "gpt-4o", "messages": HI, "stop": ["a", "b", "c", "d", "e"]},
+            400,
+            "invalid_value",
+            "stop",
+        ),
+        (
+            {"model": "gpt-4o", "messages": HI, "response_format": {"type": "xml"}},
+            400,
+            "invalid_value",
+            "response_format.type",
+        ),
         ({"model": "gpt-4o", "messages": HI, "tool_choice": "required"}, 400, "invalid_value", "tool_choice"),
         (
             {
@@ -61,11 +91,18 @@ def still_serves(http: httpx.Client) -> None:
             "invalid_value",
             "tool_choice",
         ),
-        ({"model": "gpt-4o", "messages": [{"role": "tool", "content": "x"}]}, 400, "missing_required_parameter", "messages[0].tool_call_id"),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "tool", "content": "x"}]},
+            400,
+            "missing_required_parameter",
+            "messages[0].tool_call_id",
+        ),
         ({"model": "no-such-model", "messages": HI}, 404, "model_not_found", "model"),
     ],
 )
-def test_chat_bad_requests(http: httpx.Client, body: dict[str, Any], status: int, code: str, param: str) -> None:
+def test_chat_bad_requests(
+    http: httpx.Client, body: dict[str, Any], status: int, code: str, param: str
+) -> None:
     err = error_of(http.post("/v1/chat/completions", json=body), status)
     assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
     still_serves(http)
@@ -73,7 +110,9 @@ def test_chat_bad_requests(http: httpx.Client, body: dict[str, Any], status: int
 
 def test_malformed_json(http: httpx.Client) -> None:
     resp = http.post(
-        "/v1/chat/completions", content=b'{"model": "gpt-4o", "messages": [', headers={"content-type": "application/json"}
+        "/v1/chat/completions",
+        content=b'{"model": "gpt-4o", "messages": [',
+        headers={"content-type": "application/json"},
     )
     err = error_of(resp, 400)
     assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "invalid_json", None)

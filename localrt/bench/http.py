@@ -123,7 +123,11 @@ def speech_http(http: httpx.Client) -> dict[str, Any]:
             if data and first is None:
                 first = time.perf_counter()
             total += len(data)
-    return {"ttfb_s": None if first is None else first - t0, "total_s": time.perf_counter() - t0, "bytes": total}
+    return {
+        "ttfb_s": None if first is None else first - t0,
+        "total_s": time.perf_counter() - t0,
+        "bytes": total,
+    }
 
 
 async def speech_direct(tts: Any) -> dict[str, Any]:

@@ -30,7 +30,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.system(),
+    }
 
 
 def _met(op: str, value: Any, target: Any) -> bool | None:
@@ -63,13 +68,22 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     }
     chat_h, chat_d = raw["chat"]["http"], raw["chat"]["direct"]
     chat: dict[str, Any] = {
-        "http": {"ttft_s": summary([r["ttft_s"] for r in chat_h]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_h])},
-        "direct": {"ttft_s": summary([r["ttft_s"] for r in chat_d]), "tokens_per_s": summary([r["tokens_per_s"] for r in chat_d])},
+        "http": {
+            "ttft_s": summary([r["ttft_s"] for r in chat_h]),
+            "tokens_per_s": summary([r["tokens_per_s"] for r in chat_h]),
+        },
+        "direct": {
+            "ttft_s": summary([r["ttft_s"] for r in chat_d]),
+            "tokens_per_s": summary([r["tokens_per_s"] for r in chat_d]),
+        },
     }
     stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
     transcription: dict[str, Any] = {
         "http": {"time_s": summary([r["time_s"] for r in stt_h]), "rtf": summary([r["rtf"] for r in stt_h])},
-        "direct": {"time_s": summary([r["time_s"] for r in stt_d]), "rtf": summary([r["rtf"] for r in stt_d])},
+        "direct": {
+            "time_s": summary([r["time_s"] for r in stt_d]),
+            "rtf": summary([r["rtf"] for r in stt_d]),
+        },
     }
     tts_h, tts_d = raw["speech"]["http"], raw["speech"]["direct"]
     speech: dict[str, Any] = {
@@ -97,7 +111,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "transcription_http_over_direct": ratio(
             transcription["http"]["time_s"]["p50"], transcription["direct"]["time_s"]["p50"]
         ),
-        "speech_ttfb_http_over_direct": ratio(speech["http"]["ttfb_s"]["p50"], speech["direct"]["ttfb_s"]["p50"]),
+        "speech_ttfb_http_over_direct": ratio(
+            speech["http"]["ttfb_s"]["p50"], speech["direct"]["ttfb_s"]["p50"]
+        ),
         "concurrency_all_turns_completed": all(c["completed"] == c["turns"] for c in concurrency.values())
         if concurrency
         else None,

@@ -40,6 +40,7 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
     out: Path = Path("bench-results")
+    warmup: bool = True
     settings: Settings = field(default_factory=lambda: Settings())
 
 
@@ -54,14 +55,18 @@ async def _session_turns(url: str, api_key: str | None, utts: list[Utterance]) -
     return out
 
 
-async def run(cfg: BenchConfig) -> dict[str, Any]:
-    engines = await asyncio.to_thread(load_engines, cfg.settings)
+async def run(cfg: BenchConfig, engines: Engines | None = None) -> dict[str, Any]:
+    """Run the bench; ``engines`` (else loaded from ``cfg.settings``) serve in-process and do the floor."""
+    owned = engines is None
+    if engines is None:
+        engines = await asyncio.to_thread(load_engines, cfg.settings)
     try:
         with contextlib.ExitStack() as stack:
             url = cfg.url or stack.enter_context(serve_in_thread(create_app(cfg.settings, engines)))
             return await _run(cfg, url, engines)
     finally:
-        await asyncio.to_thread(engines.close)
+        if owned:
+            await asyncio.to_thread(engines.close)
 
 
 async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
@@ -82,12 +87,13 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     client = openai.OpenAI(base_url=url + "/v1", api_key=cfg.api_key or "unused", max_retries=0, timeout=120)
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     llm = await engines.llm.get(None)
-    with tqdm(total=total, desc="bench", unit="step") as bar, httpx.Client(
-        base_url=url, timeout=120, headers=headers
-    ) as http:
-        # Warm-up: one of each, not recorded (first calls pay one-off allocation costs).
-        await run_turn(url, utts[0], cfg.api_key)
-        await asyncio.to_thread(http_bench.chat_http, client, "Hello")
+    with (
+        tqdm(total=total, desc="bench", unit="step") as bar,
+        httpx.Client(base_url=url, timeout=120, headers=headers) as http,
+    ):
+        if cfg.warmup:  # one of each, not recorded: first calls pay one-off allocation costs
+            await run_turn(url, utts[0], cfg.api_key)
+            await asyncio.to_thread(http_bench.chat_http, client, "Hello")
         bar.update(1)
 
         for utt in questions:
@@ -108,11 +114,15 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         for i in range(cfg.http_runs):
             utt = utts[i % len(utts)]
             if i % 2 == 0:
-                raw["transcription"]["http"].append(await asyncio.to_thread(http_bench.transcription_http, http, utt))
+                raw["transcription"]["http"].append(
+                    await asyncio.to_thread(http_bench.transcription_http, http, utt)
+                )
                 raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
             else:
                 raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
-                raw["transcription"]["http"].append(await asyncio.to_thread(http_bench.transcription_http, http, utt))
+                raw["transcription"]["http"].append(
+                    await asyncio.to_thread(http_bench.transcription_http, http, utt)
+                )
             bar.update(1)
         for i in range(cfg.http_runs):
             if i % 2 == 0:
@@ -141,12 +151,17 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     return raw
 
 
+def finish(raw: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Summarize ``raw`` and write the results folder."""
+    summ = report.summarize(raw)
+    return summ, report.write(raw, summ, out)
+
+
 def main(cfg: BenchConfig) -> dict[str, Any]:
     started = time.monotonic()
     raw = asyncio.run(run(cfg))
     raw["wall_s"] = time.monotonic() - started
-    summ = report.summarize(raw)
-    paths = report.write(raw, summ, cfg.out)
+    summ, paths = finish(raw, cfg.out)
     print(report.table(summ))
     print(f"\nwrote {paths['json']}, {paths['png']} and {paths['table']} in {raw['wall_s']:.0f} s")
     return summ

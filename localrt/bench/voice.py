@@ -71,7 +71,9 @@ class FloorSample:
 
 
 def ws_url(base_url: str) -> str:
-    return base_url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=gpt-realtime"
+    return (
+        base_url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=gpt-realtime"
+    )
 
 
 SESSION = {
@@ -212,7 +214,10 @@ async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
     transcription = await engines.stt.transcribe(utt.pcm16k)
     t1 = time.perf_counter()
     llm = await engines.llm.get(None)
-    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcription.text.strip()}]
+    messages = [
+        {"role": "system", "content": INSTRUCTIONS},
+        {"role": "user", "content": transcription.text.strip()},
+    ]
     chunker = ClauseChunker()
     clause = ""
     async with llm.chat(messages, params=SamplingParams(max_tokens=200)) as stream:

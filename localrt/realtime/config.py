@@ -7,7 +7,8 @@
   into it (objects merge field by field unless their ``type`` changes; lists, scalars and ``null``
   replace), and the merged object is validated by the dialect's pydantic model. Any error drops the whole
   update; its ``param`` is the dotted path inside ``session``.
-- :func:`response_options` overlays a ``response.create`` override on the session for one response.
+
+Per-response overrides (``response.create``) live in :mod:`.response_options`.
 """
 
 from __future__ import annotations
@@ -278,19 +279,19 @@ def _transcription(wire: w.TranscriptionWire | None) -> Transcription | None:
     return Transcription(model=wire.model, language=wire.language, prompt=wire.prompt, extra=extra)
 
 
-def _ga_format(wire: Any) -> AudioFormat:
+def ga_format(wire: Any) -> AudioFormat:
     return formats.BY_GA_TYPE[wire.type]
 
 
-def _voice(wire: str | w.VoiceId) -> str | dict[str, str]:
+def voice_value(wire: str | w.VoiceId) -> str | dict[str, str]:
     return wire if isinstance(wire, str) else {"id": wire.id}
 
 
-def _tools(wire: list[w.FunctionToolWire]) -> tuple[dict[str, Any], ...]:
+def tools_tuple(wire: list[w.FunctionToolWire]) -> tuple[dict[str, Any], ...]:
     return tuple(t.model_dump() for t in wire)
 
 
-def _tool_choice(wire: str | w.ToolChoiceFunction) -> str | dict[str, Any]:
+def tool_choice_dict(wire: str | w.ToolChoiceFunction) -> str | dict[str, Any]:
     return wire if isinstance(wire, str) else wire.model_dump()
 
 
@@ -303,15 +304,15 @@ def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
             cfg,
             instructions=p.instructions,
             audio_output="audio" in p.output_modalities,
-            input_format=_ga_format(a_in.format),
-            output_format=_ga_format(a_out.format),
+            input_format=ga_format(a_in.format),
+            output_format=ga_format(a_out.format),
             transcription=_transcription(a_in.transcription),
             noise_reduction=_dump(a_in.noise_reduction),
             turn_detection=_turn_detection(a_in.turn_detection),
-            voice=_voice(a_out.voice),
+            voice=voice_value(a_out.voice),
             speed=a_out.speed,
-            tools=_tools(p.tools),
-            tool_choice=_tool_choice(p.tool_choice),
+            tools=tools_tuple(p.tools),
+            tool_choice=tool_choice_dict(p.tool_choice),
             max_output_tokens=p.max_output_tokens,
             extras=extras,
         )
@@ -320,7 +321,7 @@ def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
         t_in = p.audio.input
         return replace(
             cfg,
-            input_format=_ga_format(t_in.format),
+            input_format=ga_format(t_in.format),
             transcription=_transcription(t_in.transcription),
             noise_reduction=_dump(t_in.noise_reduction),
             turn_detection=_turn_detection(t_in.turn_detection),
@@ -337,10 +338,10 @@ def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
             transcription=_transcription(p.input_audio_transcription),
             noise_reduction=_dump(p.input_audio_noise_reduction),
             turn_detection=_turn_detection(p.turn_detection),
-            voice=_voice(p.voice),
+            voice=voice_value(p.voice),
             speed=p.speed,
-            tools=_tools(p.tools),
-            tool_choice=_tool_choice(p.tool_choice),
+            tools=tools_tuple(p.tools),
+            tool_choice=tool_choice_dict(p.tool_choice),
             temperature=p.temperature,
             max_output_tokens=p.max_response_output_tokens,
             extras=extras,
@@ -356,109 +357,3 @@ def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
         turn_detection=_turn_detection(p.turn_detection),
         extras=extras,
     )
-
-
-# --- per-response overrides ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ResponseOptions:
-    """The settings of one response: the session's, overlaid with the ``response.create`` overrides."""
-
-    audio_output: bool
-    instructions: str
-    tools: tuple[dict[str, Any], ...]
-    tool_choice: str | dict[str, Any]
-    output_format: AudioFormat
-    voice: str | dict[str, str]
-    speed: float
-    max_output_tokens: int | Literal["inf"]
-    temperature: float
-    metadata: dict[str, str] | None = None
-    conversation: Literal["auto", "none"] = "auto"
-    input: list[Any] | None = None  # parsed items / item references, or None = the conversation
-
-    @property
-    def voice_name(self) -> str:
-        return self.voice if isinstance(self.voice, str) else self.voice["id"]
-
-    @property
-    def max_tokens(self) -> int | None:
-        return None if self.max_output_tokens == "inf" else int(self.max_output_tokens)
-
-    def chat_tools(self) -> list[dict[str, Any]] | None:
-        """The tools in the chat-completions format the LLM engine takes."""
-        if not self.tools:
-            return None
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description") or "",
-                    "parameters": t.get("parameters") or {"type": "object", "properties": {}},
-                },
-            }
-            for t in self.tools
-        ]
-
-    def chat_tool_choice(self) -> str | dict[str, Any] | None:
-        if not self.tools:
-            return None
-        if isinstance(self.tool_choice, dict):
-            return {"type": "function", "function": {"name": self.tool_choice["name"]}}
-        return self.tool_choice
-
-
-def response_options(cfg: SessionConfig, raw: dict[str, Any] | None, dialect: Dialect) -> ResponseOptions:
-    opts = ResponseOptions(
-        audio_output=cfg.audio_output,
-        instructions=cfg.instructions,
-        tools=cfg.tools,
-        tool_choice=cfg.tool_choice,
-        output_format=cfg.output_format,
-        voice=cfg.voice,
-        speed=cfg.speed,
-        max_output_tokens=cfg.max_output_tokens,
-        temperature=cfg.temperature,
-    )
-    if not raw:
-        return opts
-    model_cls: type[BaseModel] = w.GAResponseParams if dialect == "ga" else w.BetaResponseParams
-    try:
-        p: Any = model_cls.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_error(exc, raw, "response") from None
-    changes: dict[str, Any] = {}
-    if p.instructions is not None:
-        changes["instructions"] = p.instructions
-    if p.tools is not None:
-        changes["tools"] = _tools(p.tools)
-    if p.tool_choice is not None:
-        changes["tool_choice"] = _tool_choice(p.tool_choice)
-    if p.metadata is not None:
-        changes["metadata"] = dict(p.metadata)
-    if p.conversation is not None:
-        changes["conversation"] = p.conversation
-    if p.input is not None:
-        changes["input"] = list(p.input)
-    if isinstance(p, w.GAResponseParams):
-        if p.output_modalities is not None:
-            changes["audio_output"] = "audio" in p.output_modalities
-        if p.audio is not None and p.audio.output is not None:
-            if p.audio.output.format is not None:
-                changes["output_format"] = _ga_format(p.audio.output.format)
-            if p.audio.output.voice is not None:
-                changes["voice"] = _voice(p.audio.output.voice)
-        if p.max_output_tokens is not None:
-            changes["max_output_tokens"] = p.max_output_tokens
-    else:
-        if p.modalities is not None:
-            changes["audio_output"] = "audio" in p.modalities
-        if p.output_audio_format is not None:
-            changes["output_format"] = formats.BY_NAME[p.output_audio_format]
-        if p.voice is not None:
-            changes["voice"] = _voice(p.voice)
-        if p.temperature is not None:
-            changes["temperature"] = p.temperature
-        if p.max_response_output_tokens is not None:
-            changes["max_output_tokens"] = p.max_response_output_tokens
-    return replace(opts, **changes)

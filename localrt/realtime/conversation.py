@@ -25,6 +25,7 @@ from localrt.realtime.formats import AudioFormat
 
 ItemType = Literal["message", "function_call", "function_call_output"]
 STT_RATE = 16000
+KEEP_AUDIO_ITEMS = 64  # audio parts whose bytes stay retrievable
 
 
 @dataclass
@@ -200,7 +201,16 @@ class Conversation:
             index = self._items.index(prev) + 1
         self._items.insert(index, item)
         self._by_id[item.id] = item
+        self._forget_old_audio()
         return self._items[index - 1].id if index > 0 else None
+
+    def _forget_old_audio(self) -> None:
+        """Keep the audio bytes of the last ``KEEP_AUDIO_ITEMS`` audio items only (memory stays bounded
+        in long sessions); older items keep their text, which is all the LLM reads."""
+        with_audio = [c for i in self._items for c in i.content if c.audio is not None and c.audio.n_samples]
+        for content in with_audio[:-KEEP_AUDIO_ITEMS]:
+            if content.transcribed is None or content.transcribed.is_set():
+                content.audio = None
 
     def previous_id(self, item_id: str) -> str | None:
         item = self.get(item_id)

@@ -22,27 +22,23 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
-from localrt.audio.resample import StreamResampler
 from localrt.engines.llm import SamplingParams, TextDelta, ToolCallDelta
 from localrt.errors import APIError, ContextLengthExceeded, ServerError
-from localrt.realtime.config import ResponseOptions
-from localrt.realtime.conversation import AudioClip, Content, Conversation, Item, to_messages
+from localrt.realtime.conversation import Content, Conversation, Item, to_messages
 from localrt.realtime.events import Dialect, new_id
+from localrt.realtime.response_options import ResponseOptions
 from localrt.realtime.server_events import ContentRef, Event, ServerEvents
-from localrt.text.chunker import ClauseChunker, speakable
+from localrt.realtime.speech_out import SpeechWriter
+from localrt.text.chunker import ClauseChunker
 
 logger = logging.getLogger(__name__)
 timing_logger = logging.getLogger("localrt.realtime.timing")
 
 Status = Literal["in_progress", "completed", "cancelled", "incomplete", "failed"]
 Emit = Callable[..., Awaitable[None]]  # emit(event, on_sent=None)
-MAX_DELTA_MS = 500  # audio per delta: small enough to stream smoothly, far below the 1 MiB event limit
 _STOP_TIMEOUT_S = 30.0
 
 
@@ -71,7 +67,8 @@ class _Message:
         self.audio = audio
         self.prev = prev
         self.content = item.content[0]
-        self.resampler: StreamResampler | None = None
+        self.chunker: ClauseChunker | None = None
+        self.speech: SpeechWriter | None = None
 
 
 class _Call:
@@ -121,6 +118,12 @@ class Response:
             if self._pipeline is not None:
                 self._pipeline.cancel()
         await self.finished.wait()
+
+    @property
+    def audio_ms(self) -> int:
+        """How much audio this response has produced (what the client will be playing)."""
+        clips = [c.audio for item in self.output for c in item.content if c.audio is not None]
+        return sum(clip.duration_ms for clip in clips)
 
     def owns(self, item_id: str) -> bool:
         return any(item.id == item_id for item in self.output)
@@ -182,34 +185,22 @@ class Response:
         messages = to_messages(self.options.instructions, self._context_items)
         params = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
         stream = self._open_chat(llm, messages, params)
-        chunker = ClauseChunker() if self.options.audio_output else None
-        async with stream:
-            async for event in stream:
-                self.timings.setdefault("llm_first_token", time.monotonic())
-                if isinstance(event, TextDelta):
-                    if not event.text:
-                        continue
-                    if self._message is None:
-                        await self._open_message()
-                    if chunker is None:
-                        await self._text(event.text)
-                    else:
-                        for clause in chunker.push(event.text):
-                            await self._speak(clause)
-                elif isinstance(event, ToolCallDelta):
-                    if chunker is not None:
-                        for clause in chunker.flush():
-                            await self._speak(clause)
-                    await self._tool_call(event)
-            if chunker is not None:
-                for clause in chunker.flush():
-                    await self._speak(clause)
-            await self._flush_audio()
-        result = stream.result
-        self._prompt_tokens = result.prompt_tokens
-        self._completion_tokens = result.completion_tokens
-        self._cached_tokens = result.cached_tokens
-        return result.finish_reason
+        try:
+            async with stream:
+                async for event in stream:
+                    self.timings.setdefault("llm_first_token", time.monotonic())
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            await self._text(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        await self._tool_call(event)
+                await self._finish_speech()
+        finally:  # cancelled responses report the tokens used too
+            result = stream.result
+            self._prompt_tokens = result.prompt_tokens
+            self._completion_tokens = result.completion_tokens
+            self._cached_tokens = result.cached_tokens
+        return str(result.finish_reason)
 
     def _open_chat(self, llm: Any, messages: list[dict[str, Any]], params: SamplingParams) -> Any:
         """Start the chat; when the history no longer fits, drop the oldest turns (truncation "auto")."""
@@ -243,86 +234,54 @@ class Response:
             await self._emit(events.item_added(item.to_wire(self.ctx.dialect), prev))
         audio = self.options.audio_output
         if audio:
-            item.content.append(
-                Content("output_audio", transcript="", audio=AudioClip(self.options.output_format.rate))
-            )
+            item.content.append(Content("output_audio", transcript=""))
             part = events.part("output_audio", transcript="")
         else:
             item.content.append(Content("output_text", text=""))
             part = events.part("output_text", text="")
-        self._message = _Message(item, index, ContentRef(self.id, item.id, index), audio, prev)
-        await self._emit(events.content_part(False, self._message.ref, part))
+        msg = self._message = _Message(item, index, ContentRef(self.id, item.id, index), audio, prev)
+        if audio:
+            msg.chunker = ClauseChunker()
+            msg.speech = SpeechWriter(
+                content=msg.content,
+                ref=msg.ref,
+                fmt=self.options.output_format,
+                voice=self.options.voice_name,
+                speed=self.options.speed,
+                tts=self.ctx.tts,
+                events=events,
+                emit=self.ctx.emit,
+                timings=self.timings,
+            )
+        await self._emit(events.content_part(False, msg.ref, part))
 
     async def _text(self, text: str) -> None:
+        """The next piece of model text: streamed as it is (text), or spoken clause by clause (audio)."""
+        if self._message is None:
+            await self._open_message()
         msg = self._message
         if msg is None:
             return
-        msg.content.text = (msg.content.text or "") + text
-        await self._emit(self.ctx.events.text_delta(msg.ref, text))
-
-    async def _speak(self, clause: str) -> None:
-        """Synthesize one clause and send its transcript and audio."""
-        msg = self._message
-        if msg is None:
+        if msg.chunker is None or msg.speech is None:
+            msg.content.text = (msg.content.text or "") + text
+            await self._emit(self.ctx.events.text_delta(msg.ref, text))
             return
-        self.timings.setdefault("first_clause", time.monotonic())
-        text = speakable(clause)
-        sent_transcript = False
-        if text and self.ctx.tts is not None:
-            stream = self.ctx.tts.stream(text, voice=self.options.voice_name, speed=self.options.speed)
-            async with aclosing(stream) as chunks:
-                async for chunk in chunks:
-                    self.timings.setdefault("tts_first_chunk", time.monotonic())
-                    if msg.resampler is None:
-                        msg.resampler = StreamResampler(
-                            chunk.sample_rate, self.options.output_format.rate, dtype=np.int16
-                        )
-                    samples = msg.resampler.process(chunk.samples)
-                    if msg.content.audio is not None:
-                        msg.content.audio.append(samples, text=None if sent_transcript else clause)
-                    if not sent_transcript:
-                        await self._transcript(clause)
-                        sent_transcript = True
-                    await self._send_audio(samples)
-        if not sent_transcript:
-            await self._transcript(clause)
-            if msg.content.audio is not None:
-                msg.content.audio.append(np.zeros(0, np.int16), text=clause)
+        for clause in msg.chunker.push(text):
+            await msg.speech.speak(clause)
 
-    async def _transcript(self, text: str) -> None:
+    async def _finish_speech(self) -> None:
+        """The model's text for the message ended: speak the rest and flush the audio."""
         msg = self._message
-        if msg is None:
+        if msg is None or msg.chunker is None or msg.speech is None:
             return
-        msg.content.transcript = (msg.content.transcript or "") + text
-        await self._emit(self.ctx.events.transcript_delta(msg.ref, text))
-
-    async def _send_audio(self, samples: np.ndarray) -> None:
-        msg = self._message
-        if msg is None or samples.size == 0:
-            return
-        fmt = self.options.output_format
-        step = fmt.rate * MAX_DELTA_MS // 1000
-        for start in range(0, samples.size, step):
-            piece = samples[start : start + step]
-            on_sent = self._mark_first_audio if "first_audio_sent" not in self.timings else None
-            await self._emit(self.ctx.events.audio_delta(msg.ref, fmt.encode(piece)), on_sent)
-
-    def _mark_first_audio(self) -> None:
-        self.timings.setdefault("first_audio_sent", time.monotonic())
-
-    async def _flush_audio(self) -> None:
-        msg = self._message
-        if msg is None or msg.resampler is None:
-            return
-        tail = msg.resampler.process(np.zeros(0, np.int16), last=True)
-        msg.resampler = None
-        if tail.size and msg.content.audio is not None:
-            msg.content.audio.append(tail)
-            await self._send_audio(tail)
+        for clause in msg.chunker.flush():
+            await msg.speech.speak(clause)
+        await msg.speech.flush()
 
     async def _tool_call(self, delta: ToolCallDelta) -> None:
         events = self.ctx.events
         if self._message is not None:
+            await self._finish_speech()
             await self._close_message("completed")
         call = self._calls.get(delta.index)
         if call is None:

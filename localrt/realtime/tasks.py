@@ -44,4 +44,6 @@ class TaskSet:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
             if pending:
-                logger.error("%s: %d tasks did not stop within %.0fs", self._owner, len(pending), CLOSE_TIMEOUT_S)
+                logger.error(
+                    "%s: %d tasks did not stop within %.0fs", self._owner, len(pending), CLOSE_TIMEOUT_S
+                )

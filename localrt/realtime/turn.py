@@ -46,6 +46,16 @@ class TurnDetector:
         self.speech_start = 0
         self._silence_start: int | None = None
 
+    @property
+    def position(self) -> int:
+        """The stream position of the next window."""
+        return self._next
+
+    @property
+    def silence_start(self) -> int | None:
+        """Where the current silence inside speech began (None when speech is going on or not begun)."""
+        return self._silence_start if self.speaking else None
+
     def configure(self, cfg: TurnDetection) -> None:
         self.cfg = cfg
 

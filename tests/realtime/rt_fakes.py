@@ -44,7 +44,9 @@ def _pieces(text: str) -> list[str]:
     return out
 
 
-def tool_or_text(messages: list[dict[str, Any]], tools: Any, tool_choice: Any) -> list[TextDelta | ToolCallDelta]:
+def tool_or_text(
+    messages: list[dict[str, Any]], tools: Any, tool_choice: Any
+) -> list[TextDelta | ToolCallDelta]:
     """Calls the first tool when one is offered and no tool output is in the history yet."""
     if tools and not any(m["role"] == "tool" for m in messages):
         name = tools[0]["function"]["name"]
@@ -95,7 +97,9 @@ class FakeStream:
         texts = [e.text for e in self._events[: self._i] if isinstance(e, TextDelta)]
         calls = [e for e in self._events[: self._i] if isinstance(e, ToolCallDelta)]
         limit = self._params.max_tokens
-        finish = "length" if limit is not None and self._i >= limit and self._i < len(self._events) else "stop"
+        finish = (
+            "length" if limit is not None and self._i >= limit and self._i < len(self._events) else "stop"
+        )
         tool_calls = []
         if calls:
             finish = "tool_calls"
@@ -231,12 +235,15 @@ class _SegStream:
 
 class FakeSTT:
     id = "fake-whisper"
+    languages = ("en",)
 
     def __init__(self) -> None:
         self.transcript = "What is the capital of France?"
         self.calls: list[np.ndarray] = []
 
-    def stream(self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None) -> _SegStream:
+    def stream(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> _SegStream:
         self.calls.append(audio)
         words = self.transcript.split(" ")
         half = len(words) // 2
@@ -334,4 +341,3 @@ class Client:
 async def connect(url: str, **kwargs: Any) -> Client:
     conn = await websockets.connect(url, max_size=None, **kwargs)
     return Client(conn)
-

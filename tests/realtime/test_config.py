@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from localrt.errors import APIError
-from localrt.realtime import config, formats
+from localrt.realtime import config, formats, response_options
 
 
 def test_ga_session_has_the_documented_shape() -> None:
@@ -19,7 +19,11 @@ def test_ga_session_has_the_documented_shape() -> None:
     td = session["audio"]["input"]["turn_detection"]
     assert td["type"] == "server_vad" and td["threshold"] == 0.5 and td["prefix_padding_ms"] == 300
     assert td["create_response"] is True and td["interrupt_response"] is True
-    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0}
+    assert session["audio"]["output"] == {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "alloy",
+        "speed": 1.0,
+    }
     assert "temperature" not in session
 
 
@@ -43,10 +47,14 @@ def test_transcription_session_shapes() -> None:
 
 def test_partial_updates_merge_into_nested_objects() -> None:
     cfg = config.initial("realtime", "m")
-    cfg = config.apply_update(cfg, {"type": "realtime", "audio": {"input": {"turn_detection": {"threshold": 0.7}}}}, "ga")
+    cfg = config.apply_update(
+        cfg, {"type": "realtime", "audio": {"input": {"turn_detection": {"threshold": 0.7}}}}, "ga"
+    )
     assert cfg.turn_detection is not None and cfg.turn_detection.threshold == 0.7
     assert cfg.turn_detection.prefix_padding_ms == 300  # untouched
-    cfg = config.apply_update(cfg, {"type": "realtime", "output_modalities": ["text"], "instructions": ""}, "ga")
+    cfg = config.apply_update(
+        cfg, {"type": "realtime", "output_modalities": ["text"], "instructions": ""}, "ga"
+    )
     assert not cfg.audio_output and cfg.instructions == ""
     assert cfg.turn_detection is not None and cfg.turn_detection.threshold == 0.7
 
@@ -56,11 +64,18 @@ def test_null_clears_and_a_new_type_replaces() -> None:
     cfg = config.apply_update(cfg, {"type": "realtime", "audio": {"input": {"turn_detection": None}}}, "ga")
     assert cfg.turn_detection is None
     cfg = config.apply_update(
-        cfg, {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}}, "ga"
+        cfg,
+        {
+            "type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}},
+        },
+        "ga",
     )
     assert cfg.turn_detection is not None and cfg.turn_detection.type == "semantic_vad"
     assert cfg.turn_detection.silence_ms == config.SEMANTIC_SILENCE_MS["high"]
-    cfg = config.apply_update(cfg, {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "ga")
+    cfg = config.apply_update(
+        cfg, {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "ga"
+    )
     assert cfg.input_format is formats.G711_ULAW
 
 
@@ -98,17 +113,39 @@ def test_beta_update_names() -> None:
             "integer_below_min_value",
             "session.audio.input.format.rate",
         ),
-        ({"type": "realtime", "max_output_tokens": 0}, "ga", "integer_below_min_value", "session.max_output_tokens"),
-        ({"type": "realtime", "output_modalities": ["video"]}, "ga", "invalid_value", "session.output_modalities[0]"),
-        ({"type": "realtime", "tool_choice": {"type": "function"}}, "ga", "missing_required_parameter", "session.tool_choice.name"),
+        (
+            {"type": "realtime", "max_output_tokens": 0},
+            "ga",
+            "integer_below_min_value",
+            "session.max_output_tokens",
+        ),
+        (
+            {"type": "realtime", "output_modalities": ["video"]},
+            "ga",
+            "invalid_value",
+            "session.output_modalities[0]",
+        ),
+        (
+            {"type": "realtime", "tool_choice": {"type": "function"}},
+            "ga",
+            "missing_required_parameter",
+            "session.tool_choice.name",
+        ),
         ({"type": "realtime", "tools": [{"type": "mcp"}]}, "ga", "invalid_value", "session.tools[0].type"),
         ({"type": "realtime", "instructions": 5}, "ga", "invalid_type", "session.instructions"),
         ({"temperature": 2.0}, "beta", "decimal_above_max_value", "session.temperature"),
         ({"input_audio_format": "mp3"}, "beta", "invalid_value", "session.input_audio_format"),
-        ({"turn_detection": {"type": "server_vad", "threshold": 2}}, "beta", "integer_above_max_value", "session.turn_detection.threshold"),
+        (
+            {"turn_detection": {"type": "server_vad", "threshold": 2}},
+            "beta",
+            "integer_above_max_value",
+            "session.turn_detection.threshold",
+        ),
     ],
 )
-def test_invalid_updates_are_rejected_whole(update: dict[str, Any], dialect: Any, code: str, param: str) -> None:
+def test_invalid_updates_are_rejected_whole(
+    update: dict[str, Any], dialect: Any, code: str, param: str
+) -> None:
     cfg = config.initial("realtime", "m")
     with pytest.raises(APIError) as info:
         config.apply_update(cfg, update, dialect)
@@ -124,7 +161,7 @@ def test_an_invalid_update_changes_nothing() -> None:
 
 def test_response_overrides() -> None:
     cfg = config.initial("realtime", "m")
-    opts = config.response_options(
+    opts = response_options.response_options(
         cfg,
         {
             "output_modalities": ["text"],
@@ -143,13 +180,13 @@ def test_response_overrides() -> None:
         {"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object"}}}
     ]
     assert opts.chat_tool_choice() == {"type": "function", "function": {"name": "f"}}
-    assert config.response_options(cfg, None, "ga").max_tokens is None
+    assert response_options.response_options(cfg, None, "ga").max_tokens is None
 
 
 def test_response_override_errors() -> None:
     cfg = config.initial("realtime", "m")
     with pytest.raises(APIError) as info:
-        config.response_options(cfg, {"modalities": ["text"]}, "ga")  # the beta name on GA
+        response_options.response_options(cfg, {"modalities": ["text"]}, "ga")  # the beta name on GA
     assert (info.value.code, info.value.param) == ("unknown_parameter", "response.modalities")
-    beta = config.response_options(cfg, {"modalities": ["text"], "temperature": 1.0}, "beta")
+    beta = response_options.response_options(cfg, {"modalities": ["text"], "temperature": 1.0}, "beta")
     assert not beta.audio_output and beta.temperature == 1.0

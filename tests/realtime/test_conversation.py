@@ -50,7 +50,9 @@ def test_items_become_chat_messages() -> None:
         {
             "role": "assistant",
             "content": "Bonjour.",
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}],
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}
+            ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "4"},
     ]
@@ -100,3 +102,17 @@ def test_items_from_client_params() -> None:
     with pytest.raises(APIError) as info:
         item_from_param(badb64, formats.PCM16, conv)
     assert (info.value.code, info.value.param) == ("invalid_value", "item.content[0].audio")
+
+
+def test_old_audio_is_forgotten_but_text_stays() -> None:
+    from localrt.realtime.conversation import KEEP_AUDIO_ITEMS
+
+    conv = Conversation()
+    for n in range(KEEP_AUDIO_ITEMS + 3):
+        clip = AudioClip(16000)
+        clip.append(np.ones(160, np.int16))
+        content = Content("input_audio", transcript=f"turn {n}", audio=clip)
+        conv.insert(Item(f"i{n}", "message", role="user", content=[content]))
+    items = list(conv)
+    assert [i.content[0].audio is None for i in items[:4]] == [True, True, True, False]
+    assert items[0].text() == "turn 0"

@@ -51,10 +51,17 @@ def test_undecodable_frames(text: str, code: str) -> None:
         ({"type": "session.update", "session": "x"}, "invalid_type", "session"),
         ({"type": "input_audio_buffer.commit", "bogus": 1}, "unknown_parameter", "bogus"),
         ({"type": "input_audio_buffer.append", "audio": 5}, "invalid_type", "audio"),
-        ({"type": "conversation.item.create", "item": {"role": "user"}}, "missing_required_parameter", "item.type"),
+        (
+            {"type": "conversation.item.create", "item": {"role": "user"}},
+            "missing_required_parameter",
+            "item.type",
+        ),
         ({"type": "conversation.item.create", "item": {"type": "bogus"}}, "invalid_value", "item.type"),
         (
-            {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": "hi"}},
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": "hi"},
+            },
             "invalid_type",
             "item.content",
         ),
@@ -69,7 +76,11 @@ def test_undecodable_frames(text: str, code: str) -> None:
         (
             {
                 "type": "conversation.item.create",
-                "item": {"type": "message", "role": "user", "content": [{"type": "text", "text": "a", "x": 1}]},
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a", "x": 1}],
+                },
             },
             "unknown_parameter",
             "item.content[0].x",

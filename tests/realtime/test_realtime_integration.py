@@ -18,69 +18,21 @@ import pytest
 import websockets
 from audio_helpers import wer
 from rt_fakes import Client
+from rt_speech import (
+    INSTRUCTIONS,
+    QUESTION,
+    QUESTION_2,
+    TIMEOUT,
+    b64,
+    collect,
+    stream_speech,
+    transcribe_24k,
+    ws_url,
+)
 
-from localrt.audio.resample import resample
+from tests.servers import API_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
-
-# Questions the 135M model answers in plain English (anything about France tempts it into French, which
-# the English-only Whisper cannot check).
-QUESTION = "What color is the sky?"
-QUESTION_2 = "How many legs does a dog have?"
-INSTRUCTIONS = "You are a helpful assistant. Answer in English, in one short sentence."
-API_KEY = "sk-localrt-test"  # tests/conftest.py's keyed server
-TIMEOUT = 90.0
-
-
-@pytest.fixture(scope="module")
-def speech(engines: Any) -> dict[str, np.ndarray]:
-    """Piper speech of the test questions, as int16 at 24 kHz."""
-
-    async def synth() -> dict[str, np.ndarray]:
-        out = {}
-        for text in (QUESTION, QUESTION_2):
-            chunk = await engines.tts.synthesize(text)
-            out[text] = resample(chunk.samples, chunk.sample_rate, 24000).astype(np.int16)
-        return out
-
-    return asyncio.run(synth())
-
-
-def ws_url(server_url: str) -> str:
-    return server_url.replace("http://", "ws://") + "/v1"
-
-
-def b64(samples: np.ndarray) -> str:
-    return base64.b64encode(samples.astype("<i2").tobytes()).decode()
-
-
-async def stream_speech(send: Any, audio: np.ndarray, chunk_ms: int = 100) -> None:
-    """At real-time pace: ``chunk_ms`` of audio every ``chunk_ms``, then one second of silence."""
-    audio = np.concatenate([np.zeros(4800, np.int16), audio, np.zeros(24000, np.int16)])
-    step = 24 * chunk_ms
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for n, i in enumerate(range(0, audio.size, step)):
-        await send(b64(audio[i : i + step]))
-        await asyncio.sleep(max(0.0, start + (n + 1) * chunk_ms / 1000 - loop.time()))
-
-
-async def transcribe_24k(engines: Any, pcm: bytes) -> str:
-    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
-    result = await engines.stt.transcribe(resample(samples, 24000, 16000))
-    return str(result.text)
-
-
-async def collect(recv: Any, until: str = "response.done") -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while True:
-        event = await asyncio.wait_for(recv(), TIMEOUT)
-        data = event if isinstance(event, dict) else event.model_dump(exclude_unset=True)
-        if data["type"] == "error":
-            raise AssertionError(f"unexpected error event {data}")
-        events.append(data)
-        if data["type"] == until:
-            return events
 
 
 def reply_audio(events: list[dict[str, Any]], kind: str) -> bytes:
@@ -125,7 +77,12 @@ async def test_sdk_ga_text_turn_and_text_in_audio_out(server_url: str, engines: 
     client = openai.AsyncOpenAI(base_url=server_url + "/v1", api_key="unused")
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(
-            session={"type": "realtime", "output_modalities": ["text"], "max_output_tokens": 40, "instructions": INSTRUCTIONS}
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "max_output_tokens": 40,
+                "instructions": INSTRUCTIONS,
+            }
         )
         await conn.conversation.item.create(
             item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]}
@@ -145,15 +102,24 @@ async def test_sdk_ga_text_turn_and_text_in_audio_out(server_url: str, engines: 
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert text.strip() and done["output"][0]["content"][0]["text"] == text
         assert done["usage"]["input_tokens"] > 0 and done["usage"]["output_tokens"] > 0
+        # The second turn's prompt starts with the first turn's: llama.cpp reuses that prefix.
+        assert done["usage"]["input_token_details"]["cached_tokens"] > 10
         assert not [e for e in events if e["type"] == "response.output_audio.delta"]
     await client.close()
 
 
 async def test_sdk_beta_text_turn_and_text_in_audio_out(server_url: str, engines: Any) -> None:
-    client = openai.AsyncOpenAI(base_url=server_url + "/v1", api_key="unused", websocket_base_url=ws_url(server_url))
+    client = openai.AsyncOpenAI(
+        base_url=server_url + "/v1", api_key="unused", websocket_base_url=ws_url(server_url)
+    )
     async with client.beta.realtime.connect(model="gpt-4o-realtime-preview-2024-12-17") as conn:
         await conn.session.update(
-            session={"modalities": ["text"], "max_response_output_tokens": 40, "temperature": 0.6, "instructions": INSTRUCTIONS}
+            session={
+                "modalities": ["text"],
+                "max_response_output_tokens": 40,
+                "temperature": 0.6,
+                "instructions": INSTRUCTIONS,
+            }
         )
         await conn.conversation.item.create(
             item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]}
@@ -174,9 +140,13 @@ async def test_sdk_beta_text_turn_and_text_in_audio_out(server_url: str, engines
 
 
 @pytest.mark.parametrize("shape", ["ga", "beta"])
-async def test_sdk_voice_turn_with_server_vad(server_url: str, engines: Any, speech: dict[str, np.ndarray], shape: str) -> None:
+async def test_sdk_voice_turn_with_server_vad(
+    server_url: str, engines: Any, speech: dict[str, np.ndarray], shape: str
+) -> None:
     ga = shape == "ga"
-    client = openai.AsyncOpenAI(base_url=server_url + "/v1", api_key="unused", websocket_base_url=ws_url(server_url))
+    client = openai.AsyncOpenAI(
+        base_url=server_url + "/v1", api_key="unused", websocket_base_url=ws_url(server_url)
+    )
     realtime = client.realtime if ga else client.beta.realtime
     model = "gpt-realtime" if ga else "gpt-4o-realtime-preview"
     async with realtime.connect(model=model) as conn:  # type: ignore[attr-defined]
@@ -194,7 +164,11 @@ async def test_sdk_voice_turn_with_server_vad(server_url: str, engines: Any, spe
                 "max_response_output_tokens": 40,
             }
         await conn.session.update(session=session)
-        await stream_speech(lambda audio: conn.input_audio_buffer.append(audio=audio), speech[QUESTION], chunk_ms=40 if ga else 100)
+        await stream_speech(
+            lambda audio: conn.input_audio_buffer.append(audio=audio),
+            speech[QUESTION],
+            chunk_ms=40 if ga else 100,
+        )
         events = await collect(conn.recv)
     await client.close()
     kinds = [e["type"] for e in events]
@@ -204,7 +178,9 @@ async def test_sdk_voice_turn_with_server_vad(server_url: str, engines: Any, spe
     speech_ms = speech[QUESTION].size // 24
     assert 0 <= started["audio_start_ms"] <= 200 + 150  # 200 ms of lead-in, 300 ms of padding
     assert abs(stopped["audio_end_ms"] - (200 + speech_ms)) < 400
-    completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    completed = next(
+        e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"
+    )
     assert wer(QUESTION, completed["transcript"]) < 0.2, completed["transcript"]
     assert completed["item_id"] == started["item_id"]
     await check_reply_audio(engines, events, ga)
@@ -234,14 +210,23 @@ async def test_raw_websocket_manual_mode_with_subprotocol_key(
         assert (await client.recv(TIMEOUT))["session"]["audio"]["input"]["turn_detection"] is None
         await client.send({"type": "input_audio_buffer.commit", "event_id": "empty"})
         err = await client.recv(TIMEOUT)
-        assert (err["error"]["code"], err["error"]["event_id"]) == ("input_audio_buffer_commit_empty", "empty")
+        assert (err["error"]["code"], err["error"]["event_id"]) == (
+            "input_audio_buffer_commit_empty",
+            "empty",
+        )
         for i in range(0, speech[QUESTION].size, 2400):
-            await client.send({"type": "input_audio_buffer.append", "audio": b64(speech[QUESTION][i : i + 2400])})
+            await client.send(
+                {"type": "input_audio_buffer.append", "audio": b64(speech[QUESTION][i : i + 2400])}
+            )
         await client.send({"type": "input_audio_buffer.commit"})
         await client.send({"type": "response.create"})
         events = await collect(lambda: client.recv(TIMEOUT), until="rate_limits.updated")
         kinds = [e["type"] for e in events]
-        assert kinds[:3] == ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+        assert kinds[:3] == [
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
         assert "input_audio_buffer.speech_started" not in kinds
         await check_reply_audio(engines, events, ga=True)
         user_id = events[0]["item_id"]
@@ -271,12 +256,25 @@ async def test_every_error_then_a_normal_turn(server_url: str) -> None:
             ("{oops", "invalid_json"),
             (b"\x00binary", "invalid_event"),
             ({"type": "nope", "event_id": "e1"}, "invalid_value"),
-            ({"type": "session.update", "event_id": "e2", "session": {"type": "realtime", "bogus": 1}}, "unknown_parameter"),
+            (
+                {"type": "session.update", "event_id": "e2", "session": {"type": "realtime", "bogus": 1}},
+                "unknown_parameter",
+            ),
             ({"type": "input_audio_buffer.append", "event_id": "e3", "audio": "***"}, "invalid_value"),
             ({"type": "input_audio_buffer.append", "event_id": "e4", "audio": 12}, "invalid_type"),
-            ({"type": "conversation.item.create", "event_id": "e5", "item": {"role": "user"}}, "missing_required_parameter"),
             (
-                {"type": "session.update", "event_id": "e6", "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+                {"type": "conversation.item.create", "event_id": "e5", "item": {"role": "user"}},
+                "missing_required_parameter",
+            ),
+            (
+                {
+                    "type": "session.update",
+                    "event_id": "e6",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+                    },
+                },
                 "integer_below_min_value",
             ),
             ({"type": "input_audio_buffer.commit", "event_id": "e7"}, "input_audio_buffer_commit_empty"),
@@ -287,12 +285,18 @@ async def test_every_error_then_a_normal_turn(server_url: str) -> None:
             err = await client.recv(TIMEOUT)
             assert err["type"] == "error" and err["error"]["code"] == code, err
             assert err["error"]["event_id"] == (frame.get("event_id") if isinstance(frame, dict) else None)
-        await client.send({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}})
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+        )
         await client.recv(TIMEOUT)
         await client.send(
             {
                 "type": "conversation.item.create",
-                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]},
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": QUESTION}],
+                },
             }
         )
         await client.send({"type": "response.create", "response": {"max_output_tokens": 40}})
@@ -332,7 +336,9 @@ async def test_two_sessions_at_once(server_url: str, engines: Any, speech: dict[
 
     first, second = await asyncio.gather(voice_turn(QUESTION), voice_turn(QUESTION_2))
     for events, question in ((first, QUESTION), (second, QUESTION_2)):
-        completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+        completed = next(
+            e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"
+        )
         assert wer(question, completed["transcript"]) < 0.2, completed["transcript"]
         assert events[-1]["response"]["status"] in ("completed", "incomplete")
         assert np.abs(np.frombuffer(reply_audio(events, "response.output_audio.delta"), "<i2")).max() > 1000

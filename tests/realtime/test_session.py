@@ -98,8 +98,12 @@ async def test_api_key_sources(fake_keyed_ws_url: str) -> None:
         assert (await client.recv())["type"] == "session.created"
 
 
-@pytest.mark.parametrize(("headers", "code"), [({}, None), ({"Authorization": "Bearer wrong"}, "invalid_api_key")])
-async def test_bad_key_gets_error_and_close_3000(fake_keyed_ws_url: str, headers: dict[str, str], code: Any) -> None:
+@pytest.mark.parametrize(
+    ("headers", "code"), [({}, None), ({"Authorization": "Bearer wrong"}, "invalid_api_key")]
+)
+async def test_bad_key_gets_error_and_close_3000(
+    fake_keyed_ws_url: str, headers: dict[str, str], code: Any
+) -> None:
     async with await connect(fake_keyed_ws_url, additional_headers=headers) as client:
         err = await client.recv()
         assert err["type"] == "error" and err["error"]["code"] == code
@@ -143,11 +147,16 @@ async def test_text_turn_event_order_ga(fake_ws_url: str, fake_engines: FakeEngi
     assert "".join(deltas) == "Paris is the capital of France."
     done = events[-2]["response"]
     assert done["status"] == "completed" and done["status_details"] is None
-    assert done["output"][0]["content"] == [{"type": "output_text", "text": "Paris is the capital of France."}]
+    assert done["output"][0]["content"] == [
+        {"type": "output_text", "text": "Paris is the capital of France."}
+    ]
     assert done["usage"]["input_tokens"] == 10 and done["usage"]["output_tokens"] == 6
     assert done["conversation_id"].startswith("conv_")
     prompt = fake_engines.llm.engine.prompts[-1]
-    assert prompt[0]["role"] == "system" and prompt[-1] == {"role": "user", "content": "What is the capital of France?"}
+    assert prompt[0]["role"] == "system" and prompt[-1] == {
+        "role": "user",
+        "content": "What is the capital of France?",
+    }
 
 
 async def test_text_turn_beta_names(fake_ws_url: str) -> None:
@@ -185,7 +194,9 @@ async def test_audio_out_order_and_format(fake_ws_url: str) -> None:
         "response.done",
         "rate_limits.updated",
     ]
-    audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    audio = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
     samples = np.frombuffer(audio, "<i2")
     # 6 words x 60 ms of a 22.05 kHz tone, resampled to 24 kHz
     assert abs(samples.size - 24000 * 0.36) < 200
@@ -200,13 +211,18 @@ async def test_audio_out_order_and_format(fake_ws_url: str) -> None:
 async def test_g711_output(fake_ws_url: str) -> None:
     async with await open_session(fake_ws_url) as client:
         await client.send(
-            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}}}
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}},
+            }
         )
         assert (await client.recv())["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
         await say(client, "Hi")
         await client.send({"type": "response.create"})
         events = await client.until("response.done")
-    codes = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    codes = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
     assert abs(len(codes) - 8000 * 0.36) < 100  # one byte per sample at 8 kHz
     assert np.abs(g711.ulaw_decode(codes)).max() > 5000
 
@@ -217,7 +233,10 @@ async def test_voice_turn_with_server_vad(fake_ws_url: str, fake_engines: FakeEn
         await client.send(
             {
                 "type": "session.update",
-                "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}},
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                },
             }
         )
         await client.recv()
@@ -238,21 +257,49 @@ async def test_voice_turn_with_server_vad(fake_ws_url: str, fake_engines: FakeEn
     user_item = events[3]["item"]
     assert user_item["content"] == [{"type": "input_audio", "transcript": None}]
     assert "response.created" in kinds and kinds.index("response.created") > 4
-    completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    completed = next(
+        e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"
+    )
     assert completed["transcript"] == "What is the capital of France?"
     assert completed["usage"]["type"] == "duration"
     deltas = [e["delta"] for e in events if e["type"] == "conversation.item.input_audio_transcription.delta"]
     assert "".join(deltas).strip() == completed["transcript"]
     # The LLM saw the transcript; Whisper got the speech plus padding (≈1.3 s + silence) at 16 kHz.
-    assert fake_engines.llm.engine.prompts[-1][-1] == {"role": "user", "content": "What is the capital of France?"}
-    heard = fake_engines.stt.calls[-1] if fake_engines.stt else np.zeros(0)  # type: ignore[union-attr]
-    assert 1.3 * 16000 <= heard.size <= 1.9 * 16000
+    assert fake_engines.llm.engine.prompts[-1][-1] == {
+        "role": "user",
+        "content": "What is the capital of France?",
+    }
+    # Whisper started speculatively 150 ms into the closing silence: one call, on speech + padding + 150 ms.
+    assert fake_engines.stt is not None and len(fake_engines.stt.calls) == 1
+    assert 1.3 * 16000 <= fake_engines.stt.calls[0].size <= 1.55 * 16000
+
+
+async def test_speculative_transcription_is_dropped_when_speech_resumes(
+    fake_ws_url: str, fake_engines: FakeEngines
+) -> None:
+    stt = fake_engines.stt
+    assert stt is not None
+    async with await open_session(fake_ws_url) as client:
+        # A 300 ms pause: long enough to start Whisper, too short to end the turn.
+        await stream_audio(client, np.concatenate([tone(0.5), silence(0.3), tone(0.5), silence(0.8)]))
+        events = await client.until("response.done")
+    assert types(events).count("input_audio_buffer.speech_started") == 1
+    # The speculation started in the pause (if it got to run at all) was dropped: the transcript used
+    # comes from audio covering both halves of the utterance.
+    assert 1 <= len(stt.calls) <= 2
+    assert stt.calls[-1].size > 1.3 * 16000
+    assert fake_engines.llm.engine.prompts[-1][-1]["content"] == stt.transcript
 
 
 async def test_vad_without_create_response(fake_ws_url: str) -> None:
     async with await open_session(fake_ws_url) as client:
         td = {"type": "server_vad", "create_response": False, "silence_duration_ms": 300}
-        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}}})
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}},
+            }
+        )
         await client.recv()
         await stream_audio(client, np.concatenate([tone(0.5), silence(0.6)]))
         events = await client.until("conversation.item.done")
@@ -267,11 +314,24 @@ async def test_manual_commit_then_response(fake_ws_url: str) -> None:
         await client.expect_quiet(0.2)  # no VAD events, no response
         await client.send({"type": "input_audio_buffer.commit", "event_id": "c1"})
         events = await client.until("conversation.item.done")
-        assert types(events) == ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+        assert types(events) == [
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
         await client.expect_quiet(0.1)
         await client.send({"type": "response.create"})
         events = await client.until("rate_limits.updated")
         assert events[-2]["response"]["status"] == "completed"
+
+
+async def test_large_appends_are_accepted(fake_ws_url: str) -> None:
+    async with await open_session(fake_ws_url, manual=True) as client:
+        big = b64(tone(60.0))  # 3.8 MB of base64: over the websockets default 1 MiB frame limit
+        assert len(big) > 3 << 20
+        await client.send({"type": "input_audio_buffer.append", "audio": big})
+        await client.send({"type": "input_audio_buffer.commit"})
+        assert (await client.recv())["type"] == "input_audio_buffer.committed"
 
 
 @pytest.mark.parametrize("seconds", [0.0, 0.05])
@@ -330,6 +390,7 @@ async def test_response_cancel(fake_ws_url: str, fake_engines: FakeEngines) -> N
         assert (await client.recv())["type"] == "rate_limits.updated"
         await asyncio.sleep(0.05)
         assert llm.open_streams == 0 and llm.tokens_generated < 100
+        llm.script = words_reply("Done.")
         await normal_turn(client)
 
 
@@ -348,7 +409,11 @@ async def test_barge_in(fake_ws_url: str, fake_engines: FakeEngines) -> None:
             events += await client.until("rate_limits.updated")
     kinds = types(events)
     started = kinds.index("input_audio_buffer.speech_started")
-    old_done = next(i for i, e in enumerate(events) if e["type"] == "response.done" and e["response"]["id"] == old_response)
+    old_done = next(
+        i
+        for i, e in enumerate(events)
+        if e["type"] == "response.done" and e["response"]["id"] == old_response
+    )
     assert started < old_done < kinds.index("input_audio_buffer.speech_stopped")
     assert events[old_done]["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
     late = [e for e in events[old_done:] if e.get("response_id") == old_response]
@@ -362,9 +427,21 @@ async def test_truncate(fake_ws_url: str) -> None:
         await client.send({"type": "response.create"})
         events = await client.until("response.done")
         item = events[-1]["response"]["output"][0]
-        audio_ms = sum(len(base64.b64decode(e["delta"])) for e in events if e["type"] == "response.output_audio.delta") // 48
+        audio_ms = (
+            sum(
+                len(base64.b64decode(e["delta"]))
+                for e in events
+                if e["type"] == "response.output_audio.delta"
+            )
+            // 48
+        )
         await client.send(
-            {"type": "conversation.item.truncate", "item_id": item["id"], "content_index": 0, "audio_end_ms": audio_ms // 2}
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item["id"],
+                "content_index": 0,
+                "audio_end_ms": audio_ms // 2,
+            }
         )
         events = await client.until("conversation.item.truncated")
         assert events[-1]["audio_end_ms"] == audio_ms // 2
@@ -378,9 +455,13 @@ async def test_truncate(fake_ws_url: str) -> None:
             ({"item_id": item["id"], "audio_end_ms": 10**6}, "audio_end_ms"),
             ({"item_id": "item_missing", "audio_end_ms": 1}, "item_id"),
         ]:
-            await client.send({"type": "conversation.item.truncate", "content_index": 0, "event_id": "t", **bad})
+            await client.send(
+                {"type": "conversation.item.truncate", "content_index": 0, "event_id": "t", **bad}
+            )
             err = await client.recv()
-            assert err["type"] == "error" and err["error"]["param"] == param and err["error"]["event_id"] == "t"
+            assert (
+                err["type"] == "error" and err["error"]["param"] == param and err["error"]["event_id"] == "t"
+            )
         await normal_turn(client)
 
 
@@ -393,7 +474,12 @@ async def test_items_create_retrieve_delete(fake_ws_url: str, fake_engines: Fake
             {
                 "type": "conversation.item.create",
                 "previous_item_id": "root",
-                "item": {"id": "sys1", "type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be kind."}]},
+                "item": {
+                    "id": "sys1",
+                    "type": "message",
+                    "role": "system",
+                    "content": [{"type": "input_text", "text": "Be kind."}],
+                },
             }
         )
         added = (await client.until("conversation.item.done"))[0]
@@ -425,9 +511,19 @@ async def test_items_create_retrieve_delete(fake_ws_url: str, fake_engines: Fake
 
 async def test_function_calling(fake_ws_url: str, fake_engines: FakeEngines) -> None:
     fake_engines.llm.engine.script = tool_or_text
-    tool = {"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather",
+        "parameters": {"type": "object"},
+    }
     async with await open_session(fake_ws_url, text=True) as client:
-        await client.send({"type": "session.update", "session": {"type": "realtime", "tools": [tool], "tool_choice": "auto"}})
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tools": [tool], "tool_choice": "auto"},
+            }
+        )
         assert (await client.recv())["session"]["tools"][0]["name"] == "get_weather"
         await say(client, "Weather in Paris?")
         await client.send({"type": "response.create"})
@@ -444,20 +540,28 @@ async def test_function_calling(fake_ws_url: str, fake_engines: FakeEngines) -> 
             "rate_limits.updated",
         ]
         added = next(e for e in events if e["type"] == "response.output_item.added")["item"]
-        assert added["type"] == "function_call" and added["status"] == "in_progress" and added["arguments"] == ""
+        assert (
+            added["type"] == "function_call" and added["status"] == "in_progress" and added["arguments"] == ""
+        )
         args_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
         assert json.loads(args_done["arguments"]) == {"city": "Paris"} and args_done["name"] == "get_weather"
         deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
         assert deltas == args_done["arguments"]
         call_id = args_done["call_id"]
         await client.send(
-            {"type": "conversation.item.create", "event_id": "orphan",
-             "item": {"type": "function_call_output", "call_id": "call_nope", "output": "x"}}
+            {
+                "type": "conversation.item.create",
+                "event_id": "orphan",
+                "item": {"type": "function_call_output", "call_id": "call_nope", "output": "x"},
+            }
         )
         err = await client.recv()
         assert err["error"]["param"] == "item.call_id" and err["error"]["event_id"] == "orphan"
         await client.send(
-            {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": call_id, "output": "sunny 21C"}}
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": "sunny 21C"},
+            }
         )
         await client.until("conversation.item.done")
         await client.expect_quiet(0.1)  # no automatic response after a tool output
@@ -480,7 +584,11 @@ async def test_out_of_band_response(fake_ws_url: str, fake_engines: FakeEngines)
                     "metadata": {"purpose": "summary"},
                     "input": [
                         {"type": "item_reference", "id": item["id"]},
-                        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Summarize."}]},
+                        {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "Summarize."}],
+                        },
                     ],
                 },
             }
@@ -522,7 +630,11 @@ async def test_engine_failure_fails_the_response_only(fake_ws_url: str, fake_eng
         await client.send({"type": "response.create"})
         done = (await client.until("rate_limits.updated"))[-2]["response"]
         assert done["status"] == "failed"
-        assert done["status_details"]["error"] == {"type": "server_error", "code": "server_error", "message": "llama.cpp exploded"}
+        assert done["status_details"]["error"] == {
+            "type": "server_error",
+            "code": "server_error",
+            "message": "llama.cpp exploded",
+        }
         fake_engines.llm.engine.fail_with = None
         await normal_turn(client)
 
@@ -534,15 +646,48 @@ async def test_engine_failure_fails_the_response_only(fake_ws_url: str, fake_eng
         ("{not json", "invalid_json", None),
         (b"\x00\x01", "invalid_event", None),
         ({"type": "bogus.event", "event_id": "E"}, "invalid_value", "type"),
-        ({"type": "session.update", "event_id": "E", "session": {"type": "realtime", "bogus_field": 1}}, "unknown_parameter", "session.bogus_field"),
-        ({"type": "input_audio_buffer.append", "event_id": "E", "audio": "%%%not base64"}, "invalid_value", "audio"),
+        (
+            {"type": "session.update", "event_id": "E", "session": {"type": "realtime", "bogus_field": 1}},
+            "unknown_parameter",
+            "session.bogus_field",
+        ),
+        (
+            {"type": "input_audio_buffer.append", "event_id": "E", "audio": "%%%not base64"},
+            "invalid_value",
+            "audio",
+        ),
         ({"type": "input_audio_buffer.append", "event_id": "E", "audio": ["x"]}, "invalid_type", "audio"),
-        ({"type": "conversation.item.create", "event_id": "E", "item": {"role": "user"}}, "missing_required_parameter", "item.type"),
-        ({"type": "session.update", "event_id": "E", "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}}}}, "integer_below_min_value", "session.audio.input.format.rate"),
-        ({"type": "session.update", "event_id": "E", "session": {"type": "realtime", "audio": {"output": {"voice": "nobody"}}}}, "invalid_value", "session.audio.output.voice"),
+        (
+            {"type": "conversation.item.create", "event_id": "E", "item": {"role": "user"}},
+            "missing_required_parameter",
+            "item.type",
+        ),
+        (
+            {
+                "type": "session.update",
+                "event_id": "E",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}},
+                },
+            },
+            "integer_below_min_value",
+            "session.audio.input.format.rate",
+        ),
+        (
+            {
+                "type": "session.update",
+                "event_id": "E",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "nobody"}}},
+            },
+            "invalid_value",
+            "session.audio.output.voice",
+        ),
     ],
 )
-async def test_errors_keep_the_socket_open(fake_ws_url: str, frame: Any, code: str, param: str | None) -> None:
+async def test_errors_keep_the_socket_open(
+    fake_ws_url: str, frame: Any, code: str, param: str | None
+) -> None:
     async with await open_session(fake_ws_url) as client:
         await client.conn.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
         err = await client.recv()
@@ -554,16 +699,23 @@ async def test_errors_keep_the_socket_open(fake_ws_url: str, frame: Any, code: s
 
 async def test_invalid_update_is_dropped_whole(fake_ws_url: str) -> None:
     async with await open_session(fake_ws_url) as client:
-        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "X", "bogus": 1}})
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "instructions": "X", "bogus": 1}}
+        )
         assert (await client.recv())["type"] == "error"
-        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"speed": 1.2}}}})
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"speed": 1.2}}}}
+        )
         session = (await client.recv())["session"]
         assert session["instructions"] != "X" and session["audio"]["output"]["speed"] == 1.2
 
 
 async def test_voice_is_fixed_after_audio(fake_ws_url: str) -> None:
     async with await open_session(fake_ws_url) as client:
-        update = {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "ash"}}}}
+        update = {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"output": {"voice": "ash"}}},
+        }
         await client.send(update)
         assert (await client.recv())["session"]["audio"]["output"]["voice"] == "ash"
         await say(client, "Hi")
@@ -613,10 +765,15 @@ async def test_transcription_session_ga(fake_ws_url: str) -> None:
         await client.send(
             {
                 "type": "session.update",
-                "session": {"type": "transcription", "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}},
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+                },
             }
         )
-        assert (await client.recv())["session"]["audio"]["input"]["transcription"]["model"] == "gpt-4o-transcribe"
+        assert (await client.recv())["session"]["audio"]["input"]["transcription"][
+            "model"
+        ] == "gpt-4o-transcribe"
         await stream_audio(client, np.concatenate([tone(0.5), silence(0.7), tone(0.5), silence(0.7)]))
         first = await client.until("conversation.item.input_audio_transcription.completed")
         second = await client.until("conversation.item.input_audio_transcription.completed")
@@ -631,10 +788,41 @@ async def test_transcription_session_beta(fake_ws_url: str) -> None:
     async with await connect(fake_ws_url + "?intent=transcription", additional_headers=headers) as client:
         assert (await client.recv())["type"] == "transcription_session.created"
         await client.send(
-            {"type": "transcription_session.update", "session": {"input_audio_transcription": {"model": "whisper-1"}}}
+            {
+                "type": "transcription_session.update",
+                "session": {"input_audio_transcription": {"model": "whisper-1"}},
+            }
         )
         updated = await client.recv()
         assert updated["type"] == "transcription_session.updated"
         await stream_audio(client, np.concatenate([tone(0.5), silence(0.7)]))
         events = await client.until("conversation.item.input_audio_transcription.completed")
         assert "conversation.item.created" in types(events)
+
+
+# --- idle timeout ---------------------------------------------------------------------------------------------
+async def test_idle_timeout_triggers_a_response(fake_ws_url: str) -> None:
+    async with await open_session(fake_ws_url, text=True) as client:
+        td = {"type": "server_vad", "idle_timeout_ms": 800}
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}},
+            }
+        )
+        assert (await client.recv())["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 800
+        await stream_audio(client, silence(0.2))
+        events = await client.until("rate_limits.updated", timeout=3)
+        kinds = types(events)
+        assert kinds[:4] == [
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        assert events[0]["item_id"] == events[1]["item_id"]
+        assert events[-2]["response"]["status"] == "completed"
+        # Speech disarms the timer: a long utterance that has not ended triggers nothing.
+        await stream_audio(client, tone(1.0))
+        assert (await client.recv())["type"] == "input_audio_buffer.speech_started"
+        await client.expect_quiet(0.6)

@@ -64,3 +64,13 @@ def test_reset_drops_the_turn() -> None:
     assert det.speaking
     det.reset()
     assert not det.speaking
+
+
+def test_silence_start_and_position_for_speculation() -> None:
+    det = TurnDetector(TurnDetection(silence_duration_ms=500), origin=0)
+    det.push([0.9] * 4)
+    assert det.silence_start is None and det.position == 4 * WINDOW
+    det.push([0.0] * 3)
+    assert det.silence_start == 4 * WINDOW and det.position == 7 * WINDOW
+    det.push([0.9])
+    assert det.silence_start is None

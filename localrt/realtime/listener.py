@@ -1,0 +1,360 @@
+"""The input side of a session: appends -> 16 kHz -> VAD -> turns -> commits -> transcripts.
+
+Everything here runs in the session's reader, in the order the client sent it, so positions in the input
+stream (``audio_start_ms`` / ``audio_end_ms``) and the events they produce stay consistent: each append
+is decoded once, resampled once, and only its new 32 ms windows go through silero; the
+:class:`~.turn.TurnDetector` turns their probabilities into speech start/stop. A stop commits the
+speech (with its prefix padding) as a user item and starts Whisper on it as a task; the response the
+turn creates waits for that transcript before the LLM starts, so ``response.created`` is not delayed by
+transcription. Speech that starts while the assistant is still generating cancels its response
+(barge-in) before anything else is processed.
+
+**Speculative transcription.** The silence that must pass before ``speech_stopped`` (500 ms by
+default) is idle time. Once a silence inside speech has lasted ``SPECULATE_AFTER_MS``, Whisper starts on
+the speech so far; if the user resumes, that work is dropped; if the silence completes the turn, the
+committed item's transcript is that result (the audio after it is silence by the VAD's own verdict).
+This takes most of Whisper's time off the path from the end of speech to the first reply audio.
+
+The idle timer (``idle_timeout_ms``) runs as a task, but it takes the same lock as the handlers, so it
+never fires in the middle of an append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from localrt.audio.pcm import float32_to_int16, int16_to_float32
+from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError
+from localrt.realtime.config import SessionConfig
+from localrt.realtime.conversation import AudioClip, Content, Conversation, Item
+from localrt.realtime.events import new_id
+from localrt.realtime.input_audio import RATE, SAMPLES_PER_MS, InputAudio
+from localrt.realtime.server_events import Event, ServerEvents
+from localrt.realtime.tasks import TaskSet
+from localrt.realtime.turn import TurnDetector, TurnEvent
+
+logger = logging.getLogger(__name__)
+
+MIN_COMMIT_MS = 100
+SPECULATE_AFTER_MS = 150  # silence inside speech after which Whisper starts speculatively
+LARGE_APPEND_CHARS = 256 * 1024  # ~2.7 s of pcm16: bigger appends are decoded in a worker thread
+
+
+class Host(Protocol):
+    """What the listener needs from its session."""
+
+    id: str
+    cfg: SessionConfig
+    events: ServerEvents
+    engines: Any
+    conversation: Conversation
+    tasks: TaskSet
+
+    async def emit(self, event: Event | None) -> None: ...
+
+    async def interrupt(self) -> None:
+        """Barge-in: cancel the default conversation's response if it is still generating."""
+
+    async def auto_response(self, marks: dict[str, float]) -> None:
+        """A response for a finished turn (server VAD or idle timeout), if one may start now."""
+
+
+@dataclass
+class _Speech:
+    """The user turn in progress under server VAD."""
+
+    item_id: str
+    start: int  # the committed audio starts here (padding included), 16 kHz samples
+    marks: dict[str, float] = field(default_factory=dict)
+    speculation: asyncio.Task[list[str]] | None = None  # Whisper started during the closing silence
+
+    def drop_speculation(self) -> None:
+        if self.speculation is not None:
+            self.speculation.cancel()
+            self.speculation = None
+
+
+class Listener:
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self.audio = InputAudio(host.cfg.input_format)
+        self._vad: Any | None = None
+        self._turn: TurnDetector | None = None
+        self._speech: _Speech | None = None
+        self._lock = asyncio.Lock()
+        self._idle_deadline: float | None = None
+        self._idle_wakeup = asyncio.Event()
+        self.configure(host.cfg, host.cfg)
+
+    # --- configuration ---------------------------------------------------------------------------------
+    def configure(self, old: SessionConfig, new: SessionConfig) -> None:
+        """Apply a new session config (called before ``host.cfg`` is replaced)."""
+        if new.input_format != self.audio.format:
+            self.audio.set_format(new.input_format)
+        td = new.turn_detection
+        if td is None or self._host.engines.vad is None:
+            if self._speech is not None:
+                self._speech.drop_speculation()
+            self._vad = self._turn = self._speech = None
+        elif self._turn is None:
+            self._vad = self._host.engines.vad.stream()
+            self._turn = TurnDetector(td, origin=self.audio.end)
+        else:
+            self._turn.configure(td)
+        idle = td.idle_timeout_ms if td is not None else None
+        old_idle = old.turn_detection.idle_timeout_ms if old.turn_detection is not None else None
+        if idle is None:
+            self._arm_idle(None)
+        elif idle != old_idle or old is new:
+            self._arm_idle(idle / 1000)
+
+    # --- client events ----------------------------------------------------------------------------------
+    async def append(self, audio_b64: str) -> None:
+        fmt = self._host.cfg.input_format
+        async with self._lock:
+            if len(audio_b64) < LARGE_APPEND_CHARS:
+                new = self.audio.append(fmt.decode(audio_b64, param="audio"))
+            else:  # seconds of audio: decode and resample off the event loop (still in order)
+                loop = asyncio.get_running_loop()
+                new = await loop.run_in_executor(None, self._decode_and_append, fmt, audio_b64)
+            await self._detect(new)
+
+    def _decode_and_append(self, fmt: Any, audio_b64: str) -> np.ndarray:
+        return self.audio.append(fmt.decode(audio_b64, param="audio"))
+
+    async def commit(self) -> None:
+        async with self._lock:
+            buffered = self.audio.buffered_ms
+            if buffered < MIN_COMMIT_MS:
+                raise InvalidRequest(
+                    "Error committing input audio buffer: buffer too small. Expected at least "
+                    f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered:.2f}ms of audio.",
+                    code="input_audio_buffer_commit_empty",
+                )
+            await self._detect(self.audio.flush(), act=False)
+            speech, self._speech = self._speech, None
+            if speech is not None:
+                speech.drop_speculation()  # it covers only part of what is committed here
+            if self._turn is not None:
+                self._turn.reset()
+            item_id = speech.item_id if speech is not None else new_id("item")
+            if speech is not None:
+                await self._host.emit(
+                    self._host.events.speech_stopped(self.audio.end // SAMPLES_PER_MS, item_id)
+                )
+            audio = self.audio.take(self.audio.buffer_start, self.audio.end)
+            await self._commit_audio(audio, item_id, speech.marks if speech is not None else {})
+
+    async def clear(self) -> None:
+        async with self._lock:
+            self.audio.clear()
+            if self._speech is not None:
+                self._speech.drop_speculation()
+            self._speech = None
+            if self._turn is not None:
+                self._turn.reset()
+            await self._host.emit(self._host.events.cleared())
+
+    # --- VAD and turns ----------------------------------------------------------------------------------
+    async def _detect(self, new: np.ndarray, *, act: bool = True) -> None:
+        """VAD over the new 16 kHz samples (each window once); act on the turn events."""
+        if self._turn is None or self._vad is None or new.size == 0:
+            return
+        probabilities = await self._vad.process(new)
+        for turn_event in self._turn.push(probabilities, floor=self.audio.buffer_start):
+            if not act:
+                continue
+            if turn_event.kind == "speech_started":
+                await self._speech_started(turn_event)
+            elif turn_event.kind == "speech_stopped":
+                await self._speech_stopped(turn_event)
+            elif turn_event.kind == "resume" and self._speech is not None:
+                self._speech.drop_speculation()
+        if act:
+            self._maybe_speculate()
+        td = self._host.cfg.turn_detection
+        if not self._turn.speaking and td is not None:
+            # Waiting for speech: keep only what the prefix padding may reach back to.
+            self.audio.trim(self.audio.end - (td.prefix_padding_ms + 100) * SAMPLES_PER_MS)
+
+    def _maybe_speculate(self) -> None:
+        speech, turn, td = self._speech, self._turn, self._host.cfg.turn_detection
+        if speech is None or turn is None or td is None or speech.speculation is not None:
+            return
+        silence = turn.silence_start
+        if silence is None or self._host.engines.stt is None or td.silence_ms < SPECULATE_AFTER_MS + 100:
+            return
+        if turn.position - silence >= SPECULATE_AFTER_MS * SAMPLES_PER_MS:
+            audio = self.audio.slice(speech.start, self.audio.end)
+            speech.speculation = self._host.tasks.spawn(
+                self._recognize(audio), f"stt-speculative-{speech.item_id}"
+            )
+
+    async def _speech_started(self, turn_event: TurnEvent) -> None:
+        self._arm_idle(None)
+        self._speech = _Speech(new_id("item"), turn_event.position, {"speech_started": time.monotonic()})
+        event = self._host.events.speech_started(turn_event.position // SAMPLES_PER_MS, self._speech.item_id)
+        await self._host.emit(event)
+        td = self._host.cfg.turn_detection
+        if td is not None and td.interrupt_response:
+            await self._host.interrupt()  # response.done (cancelled) comes before speech_stopped
+
+    async def _speech_stopped(self, turn_event: TurnEvent) -> None:
+        speech, self._speech = self._speech, None
+        if speech is None:
+            return
+        speech.marks["speech_stopped"] = time.monotonic()
+        await self._host.emit(
+            self._host.events.speech_stopped(turn_event.position // SAMPLES_PER_MS, speech.item_id)
+        )
+        audio = self.audio.take(speech.start, turn_event.commit_end)
+        await self._commit_audio(audio, speech.item_id, speech.marks, speech.speculation)
+        td = self._host.cfg.turn_detection
+        if td is not None and td.create_response:
+            await self._host.auto_response(speech.marks)
+
+    async def _commit_audio(
+        self,
+        audio: np.ndarray,
+        item_id: str,
+        marks: dict[str, float],
+        speculation: asyncio.Task[list[str]] | None = None,
+    ) -> None:
+        host = self._host
+        clip = AudioClip(RATE)
+        clip.append(float32_to_int16(audio))
+        content = Content("input_audio", audio=clip, transcribed=asyncio.Event())
+        item = Item(item_id, "message", role="user", content=[content])
+        prev = host.conversation.insert(item)
+        marks["committed"] = time.monotonic()
+        await host.emit(host.events.committed(item_id, prev))
+        wire = item.to_wire(host.events.dialect)
+        await host.emit(host.events.item_added(wire, prev))
+        await host.emit(host.events.item_done(wire, prev))
+        host.tasks.spawn(self._transcribe(item, 0, audio, marks, speculation), f"stt-{item_id}")
+
+    # --- transcription ----------------------------------------------------------------------------------
+    def transcribe_item(self, item: Item) -> None:
+        """Start Whisper on the audio parts of a client-created item that came without a transcript."""
+        for index, content in enumerate(item.content):
+            if content.transcribed is not None and content.audio is not None:
+                audio = int16_to_float32(content.audio.samples())
+                self._host.tasks.spawn(self._transcribe(item, index, audio, {}), f"stt-{item.id}")
+
+    async def _recognize(self, audio: np.ndarray, on_segment: Any = None) -> list[str]:
+        """Whisper over ``audio``: the segments' texts (``on_segment(text)`` is awaited for each)."""
+        stt = self._host.engines.stt
+        if stt is None:
+            raise EngineUnavailable("No speech-to-text engine is loaded.")
+        settings = self._host.cfg.transcription
+        parts: list[str] = []
+        if audio.size:
+            language = settings.language if settings else None
+            prompt = settings.prompt if settings else None
+            async with stt.stream(audio, language=language, prompt=prompt) as segments:
+                async for segment in segments:
+                    parts.append(segment.text)
+                    if on_segment is not None:
+                        await on_segment(segment.text)
+        return parts
+
+    async def _transcribe(
+        self,
+        item: Item,
+        index: int,
+        audio: np.ndarray,
+        marks: dict[str, float],
+        speculation: asyncio.Task[list[str]] | None = None,
+    ) -> None:
+        """Whisper over one audio part; events only if the session asked for transcription.
+
+        The transcript is always kept on the item: it is what the LLM reads as the user's turn.
+        """
+        host = self._host
+        content = item.content[index]
+        report = host.cfg.transcription is not None
+
+        async def delta(text: str) -> None:
+            if report:
+                await host.emit(host.events.transcription_delta(item.id, index, text))
+
+        try:
+            parts: list[str] | None = None
+            if speculation is not None:
+                try:
+                    parts = await speculation
+                except Exception:  # fall back to transcribing the committed audio
+                    logger.warning("session %s: speculative transcription failed", host.id, exc_info=True)
+                else:
+                    for text in parts:
+                        await delta(text)
+            if parts is None:
+                parts = await self._recognize(audio, delta)
+            content.transcript = "".join(parts).strip()
+            marks["stt_done"] = time.monotonic()
+            if report:
+                seconds = audio.size / RATE
+                await host.emit(
+                    host.events.transcription_completed(item.id, index, content.transcript, seconds)
+                )
+        except APIError as exc:
+            logger.warning("session %s: transcription of %s failed: %r", host.id, item.id, exc)
+            if report:
+                await host.emit(host.events.transcription_failed(item.id, index, exc))
+        except Exception:
+            logger.exception("session %s: transcription of %s failed", host.id, item.id)
+            if report:
+                err = ServerError("Transcription failed.")
+                await host.emit(host.events.transcription_failed(item.id, index, err))
+        finally:
+            if content.transcribed is not None:
+                content.transcribed.set()
+
+    # --- idle timeout -----------------------------------------------------------------------------------
+    def response_started(self) -> None:
+        self._arm_idle(None)
+
+    def response_finished(self, audio_ms: int) -> None:
+        """Count the idle time from when the reply's audio will have finished playing."""
+        td = self._host.cfg.turn_detection
+        if td is not None and td.idle_timeout_ms is not None and self._speech is None:
+            self._arm_idle((audio_ms + td.idle_timeout_ms) / 1000)
+
+    def _arm_idle(self, delay_s: float | None) -> None:
+        self._idle_deadline = None if delay_s is None else time.monotonic() + delay_s
+        self._idle_wakeup.set()
+
+    async def idle_timer(self) -> None:
+        """Runs for the whole session: fires ``input_audio_buffer.timeout_triggered`` when due."""
+        while True:
+            self._idle_wakeup.clear()
+            if self._idle_deadline is None:
+                await self._idle_wakeup.wait()
+                continue
+            remaining = self._idle_deadline - time.monotonic()
+            if remaining > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._idle_wakeup.wait(), remaining)
+                continue
+            self._idle_deadline = None
+            async with self._lock:
+                if self._speech is None and self._turn is not None:
+                    await self._idle_timeout()
+
+    async def _idle_timeout(self) -> None:
+        host = self._host
+        start, end = self.audio.buffer_start, self.audio.end
+        item_id = new_id("item")
+        marks = {"speech_stopped": time.monotonic()}
+        await host.emit(
+            host.events.timeout_triggered(start // SAMPLES_PER_MS, end // SAMPLES_PER_MS, item_id)
+        )
+        await self._commit_audio(self.audio.take(start, end), item_id, marks)
+        await host.auto_response(marks)

@@ -1,0 +1,41 @@
+"""A short real bench run (in-process server over the test engines): every metric is reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localrt.bench.runner import BenchConfig, finish, run
+from localrt.bench.voice import STAGES
+from localrt.engines import Engines
+from localrt.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.anyio
+async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engines) -> None:
+    cfg = BenchConfig(
+        turns=2, http_runs=2, concurrency=(1, 2), turns_per_session=1, out=tmp_path, warmup=False,
+        settings=settings,
+    )  # fmt: skip
+    raw = await run(cfg, engines)
+    summ, paths = finish(raw, tmp_path)
+
+    assert [t["status"] for t in raw["voice_turns"]] == ["completed", "completed"]
+    for turn, floor in zip(raw["voice_turns"], raw["floor"], strict=True):
+        assert turn["user_perceived_s"] > 0 and turn["server_compute_s"] > 0
+        assert set(turn["stages_s"]) == {name for name, _, _ in STAGES}
+        # The stages partition the server's compute: they add up to it.
+        assert sum(turn["stages_s"].values()) == pytest.approx(turn["server_compute_s"], abs=1e-6)
+        assert floor["total_s"] > 0 and floor["first_clause"]
+        assert turn["transcript"]
+    assert summ["voice"]["compute_over_floor"]["p50"] is not None
+    assert {"1", "2"} == set(summ["concurrency"])
+    assert all(c["completed"] == c["turns"] for c in summ["concurrency"].values())
+    for name, target in summ["targets"].items():
+        assert target["value"] is not None, name
+    assert json.loads(paths["json"].read_text())["raw"]["voice_turns"]
+    assert paths["png"].stat().st_size > 1000
