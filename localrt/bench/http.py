@@ -42,6 +42,17 @@ def _rates(t0: float, first: float | None, end: float, n: int) -> dict[str, floa
     return {"ttft_s": ttft, "tokens_per_s": tps, "tokens": n}
 
 
+def chat_http_client_process(base_url: str, api_key: str, question: str) -> dict[str, Any]:
+    """``chat_http`` from a client made here: the bench calls this in a child process.
+
+    A real client is another process. Run in the server's own process, the openai client's per-chunk
+    parsing would hold the server's interpreter lock and stall llama.cpp's worker between tokens,
+    charging the client's cost to the server.
+    """
+    with openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0, timeout=120) as client:
+        return chat_http(client, question)
+
+
 def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     first = None

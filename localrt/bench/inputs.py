@@ -9,7 +9,7 @@ import numpy as np
 from localrt.audio.resample import resample
 
 QUESTIONS = (
-    "What is the capital of France?",
+    "What is the biggest ocean on Earth?",
     "How many days are there in a week?",
     "What color is the sky on a clear day?",
     "Can you name a large animal that lives in Africa?",
@@ -21,7 +21,9 @@ QUESTIONS = (
     "What is two plus two?",
 )
 
-INSTRUCTIONS = "You are a helpful voice assistant. Answer in one or two short sentences."
+INSTRUCTIONS = "You are a helpful assistant. Answer in one short sentence."
+# Replies are capped as a voice assistant's are: the 135M default model sometimes rambles on forever.
+MAX_OUTPUT_TOKENS = 120
 
 
 @dataclass

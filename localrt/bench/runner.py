@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 from tqdm import tqdm
 
 from localrt.app import create_app
@@ -84,16 +85,21 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         "speech": {"http": [], "direct": []},
         "concurrency": {},
     }
-    client = openai.OpenAI(base_url=url + "/v1", api_key=cfg.api_key or "unused", max_retries=0, timeout=120)
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     llm = await engines.llm.get(None)
+    loop = asyncio.get_running_loop()
+    # The HTTP chat client runs in a child process, as a real client does (see chat_http_client_process).
+    client_process = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     with (
+        client_process,
         tqdm(total=total, desc="bench", unit="step") as bar,
         httpx.Client(base_url=url, timeout=120, headers=headers) as http,
     ):
         if cfg.warmup:  # one of each, not recorded: first calls pay one-off allocation costs
             await run_turn(url, utts[0], cfg.api_key)
-            await asyncio.to_thread(http_bench.chat_http, client, "Hello")
+            await loop.run_in_executor(
+                client_process, http_bench.chat_http_client_process, url, cfg.api_key or "unused", "Hello"
+            )
         bar.update(1)
 
         for utt in questions:
@@ -105,7 +111,12 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         for i in range(cfg.http_runs):
             question = utts[i % len(utts)].text
             pair = [
-                ("http", lambda q=question: asyncio.to_thread(http_bench.chat_http, client, q)),
+                (
+                    "http",
+                    lambda q=question: loop.run_in_executor(
+                        client_process, http_bench.chat_http_client_process, url, cfg.api_key or "unused", q
+                    ),
+                ),
                 ("direct", lambda q=question: asyncio.to_thread(http_bench.chat_direct, llm, q)),
             ]
             for side, call in pair if i % 2 == 0 else reversed(pair):
@@ -140,7 +151,6 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
             results = await asyncio.gather(*(_session_turns(url, cfg.api_key, b) for b in batches))
             raw["concurrency"][str(level)] = [t for session in results for t in session]
             bar.update(1)
-    client.close()
     raw["config"] = {
         "turns": cfg.turns,
         "http_runs": cfg.http_runs,

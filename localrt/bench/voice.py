@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import websockets
 
-from localrt.bench.inputs import INSTRUCTIONS, Utterance
+from localrt.bench.inputs import INSTRUCTIONS, MAX_OUTPUT_TOKENS, Utterance
 from localrt.engines.llm import SamplingParams, TextDelta
 from localrt.text.chunker import ClauseChunker
 
@@ -80,6 +80,7 @@ SESSION = {
     "type": "realtime",
     "instructions": INSTRUCTIONS,
     "output_modalities": ["audio"],
+    "max_output_tokens": MAX_OUTPUT_TOKENS,
     "audio": {
         "input": {
             "format": {"type": "audio/pcm", "rate": 24000},
@@ -220,7 +221,7 @@ async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
     ]
     chunker = ClauseChunker()
     clause = ""
-    async with llm.chat(messages, params=SamplingParams(max_tokens=200)) as stream:
+    async with llm.chat(messages, params=SamplingParams(max_tokens=MAX_OUTPUT_TOKENS)) as stream:
         async for event in stream:
             if isinstance(event, TextDelta):
                 clauses = chunker.push(event.text)
