@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from localrt.api import audio as audio_api
 from localrt.api import chat as chat_api
 from localrt.api import models as models_api
+from localrt.api.common import ClientDisconnected
 from localrt.engines import Engines, load_engines
 from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
 from localrt.realtime import endpoint as realtime_api
@@ -55,6 +56,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         err = APIError(str(exc.detail), status=exc.status_code, code=None)
     return error_response(err)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is listening; uvicorn drops whatever we send.
+    return Response(status_code=499)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -137,6 +143,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         middleware=middleware,
         exception_handlers={
             APIError: _api_error,
+            ClientDisconnected: _client_gone,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

@@ -325,3 +325,20 @@ def test_client_disconnect_stops_generation(server_url: str, openai_client: open
             time.sleep(0.05)
     resp2 = openai_client.chat.completions.create(model="gpt-4o", messages=[QUESTION], max_tokens=5)
     assert resp2.choices[0].finish_reason == "length"
+
+
+def test_non_streaming_client_disconnect_stops_generation(server_url: str) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of Rome."}],
+        "max_tokens": 1500,
+    }
+    with httpx.Client(base_url=server_url, timeout=60) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+        deadline = time.monotonic() + 5
+        while client.get("/health").json()["chat"]["busy"]:
+            assert time.monotonic() < deadline, "generation kept running after the client left"
+            time.sleep(0.05)
+        resp = client.post("/v1/chat/completions", json={**body, "max_tokens": 3})
+        assert resp.status_code == 200 and resp.json()["choices"][0]["finish_reason"] == "length"

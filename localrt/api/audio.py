@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message
 
-from localrt.api.common import engines_of, parse_body
+from localrt.api.common import engines_of, parse_body, unless_disconnected
 from localrt.audio import codecs
 from localrt.engines.stt import Segment, Task, Transcription, WhisperEngine, language_name
 from localrt.engines.threaded import ThreadedStream
@@ -175,7 +175,7 @@ async def _speech_to_text(request: Request, task: Task) -> Response:
     if stream:
         # Created here so invalid options are a 400 before the event stream starts.
         return _sse(_transcript_events(engine.stream(audio, **options)))
-    result = await engine.transcribe(audio, **options)
+    result = await unless_disconnected(request, lambda: engine.transcribe(audio, **options))
     return _render(result, response_format, task, granularities)
 
 

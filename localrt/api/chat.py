@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from localrt.api.common import engines_of, new_id, now, parse_body, sse
+from localrt.api.common import engines_of, new_id, now, parse_body, sse, unless_disconnected
 from localrt.api.schemas import ChatCompletionRequest, CompletionRequest
 from localrt.engines.chat_format import content_text
-from localrt.engines.llm import ChatResult, LLMEngine, TextDelta, ToolCallDelta
+from localrt.engines.llm import ChatResult, ChatStream, LLMEngine, TextDelta, ToolCallDelta
 from localrt.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -64,13 +64,8 @@ async def chat_completions(request: Request) -> Response:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(_chat_chunks(stream, completion_id, req.model, include_usage))
 
-    text: list[str] = []
-    async with stream:
-        async for event in stream:
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-    result = stream.result
-    message: dict[str, Any] = {"role": "assistant", "content": result.text or None, "refusal": None}
+    result = await unless_disconnected(request, lambda: _run(stream))
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
     if result.tool_calls:
         message["content"] = None
         message["tool_calls"] = [
@@ -90,6 +85,14 @@ async def chat_completions(request: Request) -> Response:
             "usage": _usage(result),
         }
     )
+
+
+async def _run(stream: ChatStream) -> ChatResult:
+    """Generate to the end (a non-streaming answer); leaving early stops the model within a token."""
+    async with stream:
+        async for _ in stream:
+            pass
+    return stream.result
 
 
 async def _chat_chunks(
@@ -160,10 +163,7 @@ async def completions(request: Request) -> Response:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(_completion_chunks(stream, completion_id, req.model, echo, include_usage))
-    async with stream:
-        async for _ in stream:
-            pass
-    result = stream.result
+    result = await unless_disconnected(request, lambda: _run(stream))
     return JSONResponse(
         {
             "id": completion_id,

@@ -6,9 +6,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
@@ -19,6 +20,36 @@ from localrt.errors import APIError, InvalidRequest, MissingParameter, ServerErr
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready; there is nobody to answer."""
+
+
+async def unless_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``, cancelling it if the client disconnects first (non-streaming responses get no
+    disconnect detection from Starlette, so a vanished client would otherwise keep a model busy)."""
+    outcome: list[T] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch, group.cancel_scope)
+        try:
+            outcome.append(await work())
+        except Exception as exc:  # re-raised below as itself, not wrapped in an ExceptionGroup
+            failure.append(exc)
+        group.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise ClientDisconnected
+    return outcome[0]
 
 
 def engines_of(request: Request) -> Engines:
