@@ -353,7 +353,7 @@ class LLMEngine:
             seed=params.seed,
         )
         pieces = self._generate(call_tokens, call_params, [], grammar, stopped)
-        text, finish, n = yield from _drain(pieces)
+        text, finish, n = _run_to_end(pieces)
         if stopped():
             return
         result.completion_tokens = n
@@ -387,14 +387,13 @@ def _as_text_deltas(pieces: Generator[str, None, Any]) -> Generator[TextDelta, N
         yield TextDelta(piece)
 
 
-def _drain(pieces: Generator[str, None, Any]) -> Generator[Event, None, Any]:
-    """Consume ``pieces`` without yielding anything; return what it returns."""
+def _run_to_end(pieces: Generator[str, None, Any]) -> Any:
+    """Consume ``pieces`` silently; return what it returns."""
     while True:
         try:
             next(pieces)
         except StopIteration as end:
             return end.value
-    yield  # pragma: no cover - makes this a generator
 
 
 class _ToolCallWatcher:
