@@ -137,6 +137,23 @@ async def test_barge_in_then_truncate(server_url: str, speech: dict[str, np.ndar
             )
             err = await client.recv(TIMEOUT)
             assert err["type"] == "error" and err["error"]["event_id"] == "bad"
+        # After those errors the same socket still completes a normal turn.
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": QUESTION}],
+                },
+            }
+        )
+        await client.send(
+            {"type": "response.create", "response": {"output_modalities": ["text"], "max_output_tokens": 20}}
+        )
+        after = await collect(lambda: client.recv(TIMEOUT))
+        assert after[-1]["response"]["status"] in ("completed", "incomplete")
+        assert "".join(e["delta"] for e in after if e["type"] == "response.output_text.delta")
 
 
 async def test_forced_tool_call_and_its_output(server_url: str) -> None:
