@@ -16,11 +16,22 @@ import numpy as np
 import openai
 
 from localrt.audio.codecs import encode
-from localrt.bench.inputs import INSTRUCTIONS, Utterance
+from localrt.bench.inputs import Utterance
 
 T = TypeVar("T")
 
-CHAT_MAX_TOKENS = 96
+# Throughput needs long generations: tokens/s over a one-sentence answer is a handful of intervals,
+# mostly jitter. Both sides generate exactly CHAT_MAX_TOKENS tokens from the same prompt at temperature 0.
+CHAT_MAX_TOKENS = 200
+CHAT_SYSTEM = "You are a helpful assistant."
+CHAT_PROMPTS = (
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Explain in detail how bread is made, step by step.",
+    "Describe a journey across a desert on a camel, in many sentences.",
+    "Tell a long tale about a robot who learns to paint.",
+    "Write a detailed history of an imaginary mountain village.",
+    "Describe a busy harbour at dawn in great detail.",
+)
 SPEECH_TEXT = (
     "Local speech synthesis starts quickly. The first sentence is sent while the rest is made. "
     "That keeps the wait short."
@@ -33,7 +44,7 @@ def _in(executor: Executor, fn: Callable[[], T]) -> T:
 
 
 def _chat_messages(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": question}]
+    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question}]
 
 
 def _rates(t0: float, first: float | None, end: float, n: int) -> dict[str, float | None]:

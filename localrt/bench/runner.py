@@ -109,7 +109,7 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
             bar.update(1)
 
         for i in range(cfg.http_runs):
-            question = utts[i % len(utts)].text
+            question = http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)]
             pair = [
                 (
                     "http",
