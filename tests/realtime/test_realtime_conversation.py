@@ -138,16 +138,7 @@ async def test_barge_in_then_truncate(server_url: str, speech: dict[str, np.ndar
             err = await client.recv(TIMEOUT)
             assert err["type"] == "error" and err["error"]["event_id"] == "bad"
         # After those errors the same socket still completes a normal turn.
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": QUESTION}],
-                },
-            }
-        )
+        await say(client, QUESTION)
         await client.send(
             {"type": "response.create", "response": {"output_modalities": ["text"], "max_output_tokens": 20}}
         )
