@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,9 +29,10 @@ AUDIO = np.zeros(16000, np.float32)
 class FakeWhisper:
     """Stands in for faster_whisper.WhisperModel: a lazy generator of ``n`` segments."""
 
-    def __init__(self, n: int = 3, gate_after: int | None = None) -> None:
+    def __init__(self, n: int = 3, gate_after: int | None = None, segment_s: float = 0.0) -> None:
         self.supported_languages = ["en", "fr"]
         self.n = n
+        self.segment_s = segment_s  # decoding time of each segment
         self.gate = threading.Event()
         self.gate_after = gate_after
         self.decoded = 0
@@ -52,6 +54,7 @@ class FakeWhisper:
                     self.started.set()
                     assert self.gate.wait(10), "test did not open the gate"
                 self.threads.add(threading.get_ident())
+                time.sleep(self.segment_s)
                 self.decoded += 1
                 yield SimpleNamespace(
                     id=i + 1, seek=0, start=float(i), end=i + 1.0, text=f" part {i}.", tokens=[i],
@@ -93,7 +96,9 @@ async def test_stream_yields_a_segment_before_the_next_is_decoded() -> None:
 
 @pytest.mark.anyio
 async def test_leaving_a_stream_stops_decoding() -> None:
-    model = FakeWhisper(n=1000)
+    # Decoding takes time, as a real segment's does; with none, a busy machine may let the worker
+    # finish all 1000 before the loop sees the first one, and there would be nothing left to stop.
+    model = FakeWhisper(n=1000, segment_s=0.005)
     engine = engine_with(model)
     async with engine.stream(AUDIO) as segments:
         async for _ in segments:
