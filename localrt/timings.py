@@ -20,19 +20,6 @@ from starlette.routing import BaseRoute, Route
 
 logger = logging.getLogger("localrt.realtime.timing")
 
-MARKS = (
-    "speech_started",
-    "speech_stopped",
-    "committed",
-    "stt_done",
-    "response_created",
-    "llm_first_token",
-    "first_clause",
-    "tts_first_chunk",
-    "first_audio_sent",
-    "done",
-)
-
 
 class TimingLog:
     """A bounded log of turn timings (thread safe; old entries fall off)."""

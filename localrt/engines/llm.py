@@ -147,9 +147,6 @@ class ChatStream:
             return item
 
 
-CompletionStream = ChatStream
-
-
 # --- the engine -----------------------------------------------------------------------------------------
 class LLMEngine:
     """One loaded GGUF model. Construct with :meth:`load` (blocking: call it in a thread)."""
@@ -215,7 +212,7 @@ class LLMEngine:
         stop = [*params.stop, *prompt.stop]
         return ChatStream(self, lambda stopped: self._chat(stopped, tokens, stop, plan, grammar, params))
 
-    def complete(self, prompt: str, params: SamplingParams) -> CompletionStream:
+    def complete(self, prompt: str, params: SamplingParams) -> ChatStream:
         """Stream a raw completion of ``prompt`` (the legacy completions API)."""
         tokens = self._tokenize_prompt(prompt, added_special=False)
 
@@ -227,9 +224,6 @@ class LLMEngine:
             yield result
 
         return ChatStream(self, work)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     # -- worker-thread internals --------------------------------------------------------------------------
     def _tokenize_prompt(self, text: str, added_special: bool) -> list[int]:
