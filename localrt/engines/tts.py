@@ -99,11 +99,14 @@ class PiperEngine:
         *,
         voice_map: dict[str, str] | None = None,
         use_cuda: bool = False,
+        noise_scale: float | None = None,
         noise_w_scale: float | None = None,
         load_voice: Callable[[Voice], Any] | None = None,
     ) -> None:
-        """``noise_w_scale`` overrides the voices' phoneme-duration noise (0 makes the length of the
-        audio for a text deterministic); ``load_voice`` replaces ``PiperVoice.load`` (tests)."""
+        """``noise_scale`` / ``noise_w_scale`` override the voices' audio and phoneme-duration noise
+        (None keeps each voice's own; 0 for both makes the audio for a text deterministic, 0 for
+        ``noise_w_scale`` alone makes its length deterministic); ``load_voice`` replaces
+        ``PiperVoice.load`` (tests)."""
         self._voices = {v.id: v for v in voices}
         if default_voice not in self._voices:
             raise InvalidRequest(f"Unknown default voice '{default_voice}'.", param="tts_voice")
@@ -117,6 +120,7 @@ class PiperEngine:
                     param="voice_map",
                 )
         self._use_cuda = use_cuda
+        self._noise_scale = noise_scale
         self._noise_w_scale = noise_w_scale
         self._load_voice = load_voice or self._piper_load
         self._loaded: dict[str, Any] = {}
@@ -238,7 +242,9 @@ class PiperEngine:
 
         model = self._voice_model(voice)
         config = SynthesisConfig(
-            length_scale=model.config.length_scale / speed, noise_w_scale=self._noise_w_scale
+            length_scale=model.config.length_scale / speed,
+            noise_scale=self._noise_scale,
+            noise_w_scale=self._noise_w_scale,
         )
         for sentence in sentences:
             if stop.is_set():

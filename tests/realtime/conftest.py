@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from pydantic import SecretStr
 from rt_fakes import FAKE_KEY, FakeEngines, FakeSettings, make_app
 from rt_speech import synthesize
 
+from localrt.catalog import EMBEDDED_VOICE_ID, embedded_voice
+from localrt.engines.tts import PiperEngine, read_voice
 from localrt.serving import serve_in_thread
 
 
@@ -38,6 +39,18 @@ def fake_keyed_ws_url(fake_engines: FakeEngines) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def speech(engines: Any) -> dict[str, np.ndarray]:
-    """Real Piper speech of the test questions (int16, 24 kHz), for the slow tests."""
-    return asyncio.run(synthesize(engines))
+def speech() -> Iterator[dict[str, np.ndarray]]:
+    """Real Piper speech of the test questions (int16, 24 kHz), for the slow tests.
+
+    Synthesized with Piper's noise off, so the input is the same in every run: with the voice's
+    default noise, an occasional take is misheard by whisper tiny.en and every test using it fails.
+    """
+    path = embedded_voice()
+    assert path is not None
+    tts = PiperEngine(
+        [read_voice(EMBEDDED_VOICE_ID, path)], EMBEDDED_VOICE_ID, noise_scale=0.0, noise_w_scale=0.0
+    )
+    try:
+        yield asyncio.run(synthesize(tts))
+    finally:
+        tts.close()

@@ -19,11 +19,11 @@ INSTRUCTIONS = "You are a helpful assistant. Answer in English, in one short sen
 TIMEOUT = 90.0
 
 
-async def synthesize(engines: Any, texts: tuple[str, ...] = (QUESTION, QUESTION_2)) -> dict[str, np.ndarray]:
+async def synthesize(tts: Any, texts: tuple[str, ...] = (QUESTION, QUESTION_2)) -> dict[str, np.ndarray]:
     """Piper speech of ``texts``, as int16 at 24 kHz."""
     out = {}
     for text in texts:
-        chunk = await engines.tts.synthesize(text)
+        chunk = await tts.synthesize(text)
         out[text] = resample(chunk.samples, chunk.sample_rate, 24000).astype(np.int16)
     return out
 
