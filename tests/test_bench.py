@@ -33,6 +33,8 @@ async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engi
         assert floor["total_s"] > 0 and floor["first_clause"]
         assert turn["transcript"]
     assert summ["voice"]["compute_over_floor"]["p50"] is not None
+    assert {side: len(runs) for side, runs in raw["chat"].items()} == {"http": 2, "direct": 2, "engine": 2}
+    assert summ["chat"]["engine"]["tokens_per_s"]["p50"] > 0
     assert {"1", "2"} == set(summ["concurrency"])
     assert all(c["completed"] == c["turns"] for c in summ["concurrency"].values())
     for name, target in summ["targets"].items():

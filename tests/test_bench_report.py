@@ -38,6 +38,7 @@ def fake_raw() -> dict[str, Any]:
         "chat": {
             "http": [{"ttft_s": 0.020, "tokens_per_s": 150.0}] * 3,
             "direct": [{"ttft_s": 0.012, "tokens_per_s": 152.0}] * 3,
+            "engine": [{"ttft_s": 0.013, "tokens_per_s": 154.0}] * 3,
         },
         "transcription": {
             "http": [{"time_s": 0.33, "rtf": 0.15}] * 3,
@@ -85,3 +86,4 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["table"].read_text()
     assert "user-perceived" in text and "MISSED" in text
+    assert "localrt engine without HTTP: 154.0 (http/engine 0.974, engine/direct 1.013)" in text

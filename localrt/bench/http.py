@@ -105,6 +105,26 @@ def chat_direct(engine: Any, question: str) -> dict[str, Any]:
     return result
 
 
+async def chat_engine(engine: Any, question: str) -> dict[str, Any]:
+    """localrt's own engine, same prompt and settings, no HTTP: splits the HTTP layer's cost from the
+    engine's."""
+    from localrt.engines.llm import SamplingParams, TextDelta
+
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    stream = engine.chat(
+        _chat_messages(question), params=SamplingParams(temperature=0, max_tokens=CHAT_MAX_TOKENS)
+    )
+    async with stream:
+        async for event in stream:
+            if isinstance(event, TextDelta) and event.text:
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+    return _rates(t0, first, time.perf_counter(), n)
+
+
 def transcription_http(http: httpx.Client, utt: Utterance) -> dict[str, Any]:
     wav = encode((utt.pcm16k * 32767).astype(np.int16), 16000, "wav")
     t0 = time.perf_counter()

@@ -66,16 +66,12 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         },
         "compute_over_floor": summary(per_turn_ratio),
     }
-    chat_h, chat_d = raw["chat"]["http"], raw["chat"]["direct"]
     chat: dict[str, Any] = {
-        "http": {
-            "ttft_s": summary([r["ttft_s"] for r in chat_h]),
-            "tokens_per_s": summary([r["tokens_per_s"] for r in chat_h]),
-        },
-        "direct": {
-            "ttft_s": summary([r["ttft_s"] for r in chat_d]),
-            "tokens_per_s": summary([r["tokens_per_s"] for r in chat_d]),
-        },
+        side: {
+            "ttft_s": summary([r["ttft_s"] for r in runs]),
+            "tokens_per_s": summary([r["tokens_per_s"] for r in runs]),
+        }
+        for side, runs in raw["chat"].items()
     }
     stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
     transcription: dict[str, Any] = {
@@ -158,6 +154,13 @@ def table(summ: dict[str, Any]) -> str:
         f"  chat TTFT p50: http {_ms(c['http']['ttft_s']['p50'])} ms, direct {_ms(c['direct']['ttft_s']['p50'])} ms; "
         f"tokens/s p50: http {c['http']['tokens_per_s']['p50'] or 0:.1f}, direct {c['direct']['tokens_per_s']['p50'] or 0:.1f}"
     )
+    if "engine" in c:
+        engine_tps = c["engine"]["tokens_per_s"]["p50"]
+        lines.append(
+            f"  chat tokens/s p50, localrt engine without HTTP: {engine_tps or 0:.1f} "
+            f"(http/engine {ratio(c['http']['tokens_per_s']['p50'], engine_tps) or 0:.3f}, "
+            f"engine/direct {ratio(engine_tps, c['direct']['tokens_per_s']['p50']) or 0:.3f})"
+        )
     t = summ["transcription"]
     lines.append(
         f"  transcription p50: http {_ms(t['http']['time_s']['p50'])} ms (RTF {t['http']['rtf']['p50'] or 0:.3f}), "

@@ -80,7 +80,7 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         "url": cfg.url or "in-process",
         "voice_turns": [],
         "floor": [],
-        "chat": {"http": [], "direct": []},
+        "chat": {"http": [], "direct": [], "engine": []},
         "transcription": {"http": [], "direct": []},
         "speech": {"http": [], "direct": []},
         "concurrency": {},
@@ -118,8 +118,10 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
                     ),
                 ),
                 ("direct", lambda q=question: asyncio.to_thread(http_bench.chat_direct, llm, q)),
+                ("engine", lambda q=question: http_bench.chat_engine(llm, q)),
             ]
-            for side, call in pair if i % 2 == 0 else reversed(pair):
+            shift = i % len(pair)  # each side takes each place in the order in turn
+            for side, call in pair[shift:] + pair[:shift]:
                 raw["chat"][side].append(await call())
             bar.update(1)
         for i in range(cfg.http_runs):

@@ -18,8 +18,10 @@ Design:
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -34,6 +36,7 @@ from localrt.engines import chat_format
 from localrt.engines.threaded import ThreadedStream
 from localrt.errors import ContextLengthExceeded, InvalidRequest, ServerError
 from localrt.settings import Settings
+from localrt.text.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -250,49 +253,64 @@ class LLMEngine:
     ) -> Generator[str, None, tuple[str, str, int]]:
         """Yield text pieces as llama.cpp makes them; return (text, finish_reason, completion_tokens).
 
-        ``stopped`` is polled once per token by a llama.cpp stopping criterion and between pieces.
+        The token loop is our own, over llama-cpp-python's ``generate`` (which samples and keeps the KV
+        cache's common prefix), rather than ``create_completion``: that one detokenizes the whole reply
+        again at every token to find stop sequences and split UTF-8, so its cost per token grows with the
+        reply. Here each token is turned into text once, through an incremental UTF-8 decoder, and stop
+        sequences are matched against the new piece and a short held tail (:class:`StopMatcher`).
+        Sampling defaults are ``create_completion``'s (top_k 40, min_p 0.05, no repeat penalty), so the
+        same request gives the same tokens either way. ``stopped`` is checked before every token.
         """
         import llama_cpp
 
-        n_prompt = len(tokens)
-        generated = 0
-
-        def should_stop(input_ids: Any, logits: Any) -> bool:
-            # Called once per sampled token, before that token joins input_ids: so this counts every
-            # sampled token, the one that ends generation (EOS) included.
-            nonlocal generated
-            generated = max(generated, len(input_ids) - n_prompt + 1)
-            return stopped()
-
-        chunks: Iterator[Any] = self.llama.create_completion(
-            prompt=tokens,
-            max_tokens=params.max_tokens if params.max_tokens else -1,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=stop or None,
-            seed=params.seed,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            grammar=grammar,
-            stopping_criteria=llama_cpp.StoppingCriteriaList([should_stop]),
-            stream=True,
+        llama = self.llama
+        vocab = llama._model.vocab
+        budget = self.n_ctx - len(tokens)
+        max_tokens = min(params.max_tokens, budget) if params.max_tokens else budget
+        # Without a seed, the next one follows from the last, as in create_completion: replies vary from
+        # call to call, and a server that gets the same requests in the same order answers the same way.
+        llama.set_seed(
+            params.seed if params.seed is not None else random.Random(llama._seed).randint(0, 2**32)
         )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        matcher = StopMatcher(stop)
         parts: list[str] = []
-        finish = "stop"
+        finish = "length"
+        generated = 0
+        token_stream = llama.generate(
+            tokens,
+            top_k=40,
+            top_p=params.top_p,
+            min_p=0.05,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            grammar=grammar,
+        )
         try:
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    parts.append(choice["text"])
-                    yield choice["text"]
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                if stopped():
+            while generated < max_tokens and not stopped():
+                token = next(token_stream)
+                generated += 1
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
                     break
+                piece = matcher.feed(decoder.decode(llama.detokenize([token])))
+                if piece:
+                    parts.append(piece)
+                    yield piece
+                if matcher.stopped:
+                    finish = "stop"
+                    break
+            if stopped():
+                finish = "stop"
+            else:
+                tail = matcher.feed(decoder.decode(b"", final=True)) + matcher.flush()
+                if tail:
+                    parts.append(tail)
+                    yield tail
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            token_stream.close()
         return "".join(parts), finish, generated
 
     def _chat(
