@@ -112,21 +112,26 @@ def now() -> int:
 def sse(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
     """An SSE response of JSON chunks followed by OpenAI's ``data: [DONE]``.
 
+    Frames are encoded here, once, and handed to sse-starlette as bytes (which it sends as they are).
     sse-starlette watches for the client going away and cancels the iterator, which stops generation.
     """
 
-    async def frames() -> AsyncIterator[str]:
+    async def frames() -> AsyncIterator[bytes]:
         try:
             async for event in events:
-                yield json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+                yield _frame(event)
         except APIError as exc:
             # Headers are already sent: report it the way OpenAI does mid-stream, as an error frame.
-            yield json.dumps({"error": exc.to_dict()})
+            yield _frame({"error": exc.to_dict()})
             return
         except Exception:
             logger.exception("error while streaming")
-            yield json.dumps({"error": ServerError("The server had an error while streaming.").to_dict()})
+            yield _frame({"error": ServerError("The server had an error while streaming.").to_dict()})
             return
-        yield "[DONE]"
+        yield b"data: [DONE]\n\n"
 
     return EventSourceResponse(frames(), ping=15, sep="\n")
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
