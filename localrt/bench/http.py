@@ -43,6 +43,34 @@ def _in(executor: Executor, fn: Callable[[], T]) -> T:
     return executor.submit(fn).result()
 
 
+PRIME_QUESTION = "Say OK."
+
+
+def prime_http(http: httpx.Client) -> None:
+    """A one-token request with another question, through the server: leaves only the system prompt
+    in the KV cache."""
+    resp = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-4o",
+            "messages": _chat_messages(PRIME_QUESTION),
+            "max_tokens": 1,
+            "temperature": 0,
+        },
+    )
+    resp.raise_for_status()
+
+
+def prime_direct(engine: Any) -> None:
+    """``prime_http`` on the engine called directly."""
+    _in(
+        engine._executor,
+        lambda: engine.llama.create_chat_completion(
+            _chat_messages(PRIME_QUESTION), max_tokens=1, temperature=0
+        ),
+    )
+
+
 def _chat_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question}]
 

@@ -122,6 +122,13 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
             ]
             shift = i % len(pair)  # each side takes each place in the order in turn
             for side, call in pair[shift:] + pair[:shift]:
+                # Every measured call starts from the same KV cache: the previous request shared only
+                # the system prompt. Otherwise whichever side ran second would find its whole prompt
+                # cached and show a time to first token with no prompt evaluation in it.
+                if side == "http":
+                    await asyncio.to_thread(http_bench.prime_http, http)
+                else:
+                    await asyncio.to_thread(http_bench.prime_direct, llm)
                 raw["chat"][side].append(await call())
             bar.update(1)
         for i in range(cfg.http_runs):
