@@ -270,7 +270,9 @@ class LLMEngine:
         # Without a seed, the next one follows from the last, as in create_completion: replies vary from
         # call to call, and a server that gets the same requests in the same order answers the same way.
         llama.set_seed(
-            params.seed if params.seed is not None else random.Random(llama._seed).randint(0, 2**32)
+            params.seed
+            if params.seed is not None
+            else random.Random(getattr(llama, "_seed", None)).randint(0, 2**32)
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         matcher = StopMatcher(stop)
