@@ -9,13 +9,11 @@ encoding run in worker threads, the models in their engines' executors. Speech i
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -24,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message
 
-from localrt.api.common import engines_of, parse_body, unless_disconnected
+from localrt.api.common import engines_of, parse_body, sse, unless_disconnected
 from localrt.audio import codecs
 from localrt.engines.stt import Segment, Task, Transcription, WhisperEngine, language_name
 from localrt.engines.threaded import ThreadedStream
@@ -174,7 +172,7 @@ async def _speech_to_text(request: Request, task: Task) -> Response:
     audio = await run_in_threadpool(codecs.decode, data, engine.sample_rate, max_duration=MAX_AUDIO_SECONDS)
     if stream:
         # Created here so invalid options are a 400 before the event stream starts.
-        return _sse(_transcript_events(engine.stream(audio, **options)))
+        return sse(_transcript_events(engine.stream(audio, **options)), done=False)
     result = await unless_disconnected(request, lambda: engine.transcribe(audio, **options))
     return _render(result, response_format, task, granularities)
 
@@ -308,7 +306,7 @@ async def speech(request: Request) -> Response:
     chunks = engine.stream(req.input, voice=chosen.id, speed=req.speed)
     encoder = codecs.AudioEncoder(fmt, chosen.sample_rate)
     if req.stream_format == "sse":
-        return _sse(_speech_events(chunks, encoder, req.input))
+        return sse(_speech_events(chunks, encoder, req.input), done=False)
     return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.media_type)
 
 
@@ -363,16 +361,6 @@ async def voices(request: Request) -> Response:
     ]
     mapping = {name: engine.resolve_voice(name).id for name in OPENAI_VOICES}
     return JSONResponse({"object": "list", "data": data, "openai_voices": mapping})
-
-
-def _sse(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
-    """OpenAI's audio streams: ``data: {json}`` events, no ``[DONE]`` sentinel."""
-
-    async def frames() -> AsyncIterator[str]:
-        async for event in events:
-            yield json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-
-    return EventSourceResponse(frames(), ping=15, sep="\n")
 
 
 routes: list[BaseRoute] = [
