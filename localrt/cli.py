@@ -44,7 +44,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     bench.add_argument("--url", default=None, help="a running server, e.g. http://gpu-box:8000")
     bench.add_argument("--bench-key", default=None, help="API key of the server given by --url")
     bench.add_argument("--turns", type=int, default=20, help="voice turns for the main series (default 20)")
-    bench.add_argument("--http-runs", type=int, default=10, help="runs of each HTTP comparison (default 10)")
+    bench.add_argument(
+        "--http-runs", type=int, default=16, help="rounds of each HTTP comparison (default 16)"
+    )
     bench.add_argument(
         "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"
     )

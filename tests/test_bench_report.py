@@ -86,4 +86,29 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["table"].read_text()
     assert "user-perceived" in text and "MISSED" in text
-    assert "localrt engine without HTTP: 154.0 (http/engine 0.974, engine/direct 1.013)" in text
+    assert "http/direct: 0.987 (middle half 0.987 to 0.987, 3 rounds); ratio of the p50s 0.987" in text
+    assert "engine/direct 1.013 (middle half" in text and "http/engine 0.974 (middle half" in text
+
+
+def test_http_targets_judge_rounds_side_by_side() -> None:
+    """Drift across the run (a slow stretch hitting both sides of some rounds) cancels within each pair;
+    the target is the median of the per-round ratios, not a ratio of the sides' medians."""
+    raw = fake_raw()
+    direct = [100.0, 100.0, 80.0, 80.0, 80.0]  # the machine slows down for the last three rounds
+    http = [97.0, 97.0, 77.6, 77.6, 77.6]  # 0.97 of direct in every round
+    raw["chat"] = {
+        "http": [{"ttft_s": 0.020 + i / 100, "tokens_per_s": v} for i, v in enumerate(http)],
+        "direct": [{"ttft_s": 0.012 + i / 100, "tokens_per_s": v} for i, v in enumerate(direct)],
+    }
+    raw["speech"] = {
+        "http": [{"ttfb_s": 0.10}, {"ttfb_s": 0.20}],
+        "direct": [{"ttfb_s": 0.1}, {"ttfb_s": None}],
+    }
+    summ = report.summarize(raw)
+    t = summ["targets"]
+    assert t["chat_tokens_per_s_http_over_direct"]["value"] == pytest.approx(0.97)
+    assert t["chat_ttft_overhead_ms"]["value"] == pytest.approx(8.0)
+    assert summ["chat"]["paired"]["tokens_per_s_http_over_direct"]["n"] == 5
+    assert summ["chat"]["paired"]["tokens_per_s_engine_over_direct"]["n"] == 0  # no engine side
+    assert t["speech_ttfb_http_over_direct"]["value"] == pytest.approx(1.0)  # the unpaired run is left out
+    assert "engine/direct" not in report.table(summ)

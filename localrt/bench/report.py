@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from localrt.bench.stats import ratio, summary
+from localrt.bench.stats import paired, ratio, summary
 from localrt.bench.voice import STAGES
 
 TARGETS = {
@@ -73,6 +73,15 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         }
         for side, runs in raw["chat"].items()
     }
+    # Per round, each side against the others (same prompt, back to back): what the targets judge.
+    http_runs, direct_runs = raw["chat"]["http"], raw["chat"]["direct"]
+    engine_runs = raw["chat"].get("engine", [])
+    chat["paired"] = {
+        "tokens_per_s_http_over_direct": paired(http_runs, direct_runs, "tokens_per_s"),
+        "tokens_per_s_engine_over_direct": paired(engine_runs, direct_runs, "tokens_per_s"),
+        "tokens_per_s_http_over_engine": paired(http_runs, engine_runs, "tokens_per_s"),
+        "ttft_http_minus_direct_s": paired(http_runs, direct_runs, "ttft_s", "difference"),
+    }
     stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
     transcription: dict[str, Any] = {
         "http": {"time_s": summary([r["time_s"] for r in stt_h]), "rtf": summary([r["rtf"] for r in stt_h])},
@@ -80,11 +89,13 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             "time_s": summary([r["time_s"] for r in stt_d]),
             "rtf": summary([r["rtf"] for r in stt_d]),
         },
+        "paired": {"time_http_over_direct": paired(stt_h, stt_d, "time_s")},
     }
     tts_h, tts_d = raw["speech"]["http"], raw["speech"]["direct"]
     speech: dict[str, Any] = {
         "http": {"ttfb_s": summary([r["ttfb_s"] for r in tts_h])},
         "direct": {"ttfb_s": summary([r["ttfb_s"] for r in tts_d])},
+        "paired": {"ttfb_http_over_direct": paired(tts_h, tts_d, "ttfb_s")},
     }
     concurrency: dict[str, Any] = {}
     for level, samples in raw["concurrency"].items():
@@ -95,21 +106,13 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             "user_perceived_s": summary([s["user_perceived_s"] for s in ok]),
             "server_compute_s": summary([s["server_compute_s"] for s in ok]),
         }
-    http_ttft, direct_ttft = chat["http"]["ttft_s"]["p50"], chat["direct"]["ttft_s"]["p50"]
+    ttft_overhead = chat["paired"]["ttft_http_minus_direct_s"]["p50"]
     measures = {
         "voice_compute_over_floor_p50": voice["compute_over_floor"]["p50"],
-        "chat_tokens_per_s_http_over_direct": ratio(
-            chat["http"]["tokens_per_s"]["p50"], chat["direct"]["tokens_per_s"]["p50"]
-        ),
-        "chat_ttft_overhead_ms": None
-        if http_ttft is None or direct_ttft is None
-        else (http_ttft - direct_ttft) * 1000,
-        "transcription_http_over_direct": ratio(
-            transcription["http"]["time_s"]["p50"], transcription["direct"]["time_s"]["p50"]
-        ),
-        "speech_ttfb_http_over_direct": ratio(
-            speech["http"]["ttfb_s"]["p50"], speech["direct"]["ttfb_s"]["p50"]
-        ),
+        "chat_tokens_per_s_http_over_direct": chat["paired"]["tokens_per_s_http_over_direct"]["p50"],
+        "chat_ttft_overhead_ms": None if ttft_overhead is None else ttft_overhead * 1000,
+        "transcription_http_over_direct": transcription["paired"]["time_http_over_direct"]["p50"],
+        "speech_ttfb_http_over_direct": speech["paired"]["ttfb_http_over_direct"]["p50"],
         "concurrency_all_turns_completed": all(c["completed"] == c["turns"] for c in concurrency.values())
         if concurrency
         else None,
@@ -154,12 +157,22 @@ def table(summ: dict[str, Any]) -> str:
         f"  chat TTFT p50: http {_ms(c['http']['ttft_s']['p50'])} ms, direct {_ms(c['direct']['ttft_s']['p50'])} ms; "
         f"tokens/s p50: http {c['http']['tokens_per_s']['p50'] or 0:.1f}, direct {c['direct']['tokens_per_s']['p50'] or 0:.1f}"
     )
-    if "engine" in c:
-        engine_tps = c["engine"]["tokens_per_s"]["p50"]
+    pc = c["paired"]
+
+    def spread(stat: dict[str, Any]) -> str:
+        if stat["p50"] is None:
+            return "-"
+        return f"{stat['p50']:.3f} (middle half {stat['p25']:.3f} to {stat['p75']:.3f}, {stat['n']} rounds)"
+
+    of_p50s = ratio(c["http"]["tokens_per_s"]["p50"], c["direct"]["tokens_per_s"]["p50"])
+    lines.append(
+        f"  chat tokens/s per round, http/direct: {spread(pc['tokens_per_s_http_over_direct'])}; "
+        f"ratio of the p50s {of_p50s or 0:.3f}"
+    )
+    if pc["tokens_per_s_engine_over_direct"]["n"]:
         lines.append(
-            f"  chat tokens/s p50, localrt engine without HTTP: {engine_tps or 0:.1f} "
-            f"(http/engine {ratio(c['http']['tokens_per_s']['p50'], engine_tps) or 0:.3f}, "
-            f"engine/direct {ratio(engine_tps, c['direct']['tokens_per_s']['p50']) or 0:.3f})"
+            f"    localrt engine without HTTP: engine/direct {spread(pc['tokens_per_s_engine_over_direct'])}; "
+            f"http/engine {spread(pc['tokens_per_s_http_over_engine'])}"
         )
     t = summ["transcription"]
     lines.append(
@@ -177,7 +190,7 @@ def table(summ: dict[str, Any]) -> str:
             f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed, "
             f"p50 {_ms(up['p50'])}, p95 {_ms(up['p95'])}"
         )
-    lines.append("Targets")
+    lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")
     for name, tgt in summ["targets"].items():
         value = tgt["value"]
         shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
