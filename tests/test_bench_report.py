@@ -90,6 +90,22 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert "engine/direct 1.013 (middle half" in text and "http/engine 0.974 (middle half" in text
 
 
+def test_turns_cut_at_the_token_cap_complete_and_others_do_not() -> None:
+    raw = fake_raw()
+    raw["voice_turns"][0].update(status="incomplete", reason="max_output_tokens")
+    raw["concurrency"]["2"][0] = dict(raw["voice_turns"][0])
+    raw["concurrency"]["4"][0] = dict(raw["voice_turns"][0], reason="content_filter")
+    raw["concurrency"]["4"][1] = dict(raw["voice_turns"][0], status="cancelled", reason="turn_detected")
+    summ = report.summarize(raw)
+    assert summ["voice"]["completed"] == 5 and summ["voice"]["capped"] == 1
+    assert summ["concurrency"]["2"]["completed"] == 4 and summ["concurrency"]["2"]["capped"] == 1
+    assert summ["concurrency"]["4"]["completed"] == 6
+    assert summ["targets"]["concurrency_all_turns_completed"]["met"] is False
+    text = report.table(summ)
+    assert "Voice turns: 5/5 completed (1 cut at max_output_tokens)" in text
+    assert "4 session(s): 6/8 turns completed," in text
+
+
 def test_http_targets_judge_rounds_side_by_side() -> None:
     """Drift across the run (a slow stretch hitting both sides of some rounds) cancels within each pair;
     the target is the median of the per-round ratios, not a ratio of the sides' medians."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from localrt.bench.stats import paired, ratio, summary
-from localrt.bench.voice import STAGES
+from localrt.bench.voice import STAGES, finished
 
 TARGETS = {
     "voice_compute_over_floor_p50": ("<=", 1.15),
@@ -44,17 +44,22 @@ def _met(op: str, value: Any, target: Any) -> bool | None:
     return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
 
 
+def _finished(turn: dict[str, Any]) -> bool:
+    return finished(turn["status"], turn.get("reason", ""))
+
+
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
-    turns = [t for t in raw["voice_turns"] if t["status"] == "completed"]
+    turns = [t for t in raw["voice_turns"] if _finished(t)]
     floors = raw["floor"]
     per_turn_ratio = [
         t["server_compute_s"] / f["total_s"]
         for t, f in zip(raw["voice_turns"], floors, strict=False)
-        if t["status"] == "completed" and t["server_compute_s"] and f["total_s"]
+        if _finished(t) and t["server_compute_s"] and f["total_s"]
     ]
     voice: dict[str, Any] = {
         "turns": len(raw["voice_turns"]),
         "completed": len(turns),
+        "capped": sum(t["status"] == "incomplete" for t in turns),
         "user_perceived_s": summary([t["user_perceived_s"] for t in turns]),
         "server_compute_s": summary([t["server_compute_s"] for t in turns]),
         "stages_s": {name: summary([t["stages_s"].get(name) for t in turns]) for name, _, _ in STAGES},
@@ -99,10 +104,11 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     }
     concurrency: dict[str, Any] = {}
     for level, samples in raw["concurrency"].items():
-        ok = [s for s in samples if s["status"] == "completed"]
+        ok = [s for s in samples if _finished(s)]
         concurrency[level] = {
             "turns": len(samples),
             "completed": len(ok),
+            "capped": sum(t["status"] == "incomplete" for t in ok),
             "user_perceived_s": summary([s["user_perceived_s"] for s in ok]),
             "server_compute_s": summary([s["server_compute_s"] for s in ok]),
         }
@@ -131,6 +137,11 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _capped(counts: dict[str, Any]) -> str:
+    n = counts.get("capped", 0)
+    return f" ({n} cut at max_output_tokens)" if n else ""
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.0f}"
 
@@ -138,7 +149,7 @@ def _ms(v: float | None) -> str:
 def table(summ: dict[str, Any]) -> str:
     lines = []
     v = summ["voice"]
-    lines.append(f"Voice turns: {v['completed']}/{v['turns']} completed (times in ms)")
+    lines.append(f"Voice turns: {v['completed']}/{v['turns']} completed{_capped(v)} (times in ms)")
     lines.append(f"  {'metric':<34}{'p50':>8}{'p95':>8}{'max':>8}")
 
     def row(label: str, s: dict[str, Any]) -> None:
@@ -187,7 +198,7 @@ def table(summ: dict[str, Any]) -> str:
     for level, cs in summ["concurrency"].items():
         up = cs["user_perceived_s"]
         lines.append(
-            f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed, "
+            f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed{_capped(cs)}, "
             f"p50 {_ms(up['p50'])}, p95 {_ms(up['p95'])}"
         )
     lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")

@@ -48,10 +48,18 @@ class TurnSample:
     stages_s: dict[str, float] = field(default_factory=dict)
     reply_audio_s: float = 0.0
     status: str = ""
+    reason: str = ""  # why an incomplete response stopped (its status_details.reason)
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "finished": finished(self.status, self.reason)}
+
+
+def finished(status: str, reason: str) -> bool:
+    """Whether the turn ran to its end: the reply was done, or cut at the bench's own
+    ``max_output_tokens`` (the small model sometimes rambles; the whole capped reply was still delivered).
+    Anything else (cancelled, failed, timed out, no response) is a turn that did not complete."""
+    return status == "completed" or (status == "incomplete" and reason == "max_output_tokens")
 
 
 @dataclass
@@ -165,6 +173,7 @@ class VoiceClient:
                     sample.error = json.dumps(event["error"])
                 elif kind == "response.done":
                     sample.status = event["response"]["status"]
+                    sample.reason = (event["response"].get("status_details") or {}).get("reason") or ""
                     sample.reply_audio_s = reply_samples / 24000
                     return
 
