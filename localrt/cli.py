@@ -45,7 +45,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     bench.add_argument("--bench-key", default=None, help="API key of the server given by --url")
     bench.add_argument("--turns", type=int, default=20, help="voice turns for the main series (default 20)")
     bench.add_argument(
-        "--http-runs", type=int, default=16, help="rounds of each HTTP comparison (default 16)"
+        "--http-runs", type=int, default=24, help="rounds of each HTTP comparison (default 24)"
     )
     bench.add_argument(
         "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"

@@ -37,7 +37,7 @@ class BenchConfig:
     url: str | None = None
     api_key: str | None = None
     turns: int = 20
-    http_runs: int = 16
+    http_runs: int = 24
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
     out: Path = Path("bench-results")
