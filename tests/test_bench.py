@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from localrt.bench.runner import BenchConfig, finish, run
-from localrt.bench.voice import STAGES
+from localrt.bench.voice import STAGES, finished
 from localrt.engines import Engines
 from localrt.settings import Settings
 
@@ -24,7 +24,7 @@ async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engi
     raw = await run(cfg, engines)
     summ, paths = finish(raw, tmp_path)
 
-    assert [t["finished"] for t in raw["voice_turns"]] == [True, True]
+    assert [finished(t) for t in raw["voice_turns"]] == [True, True]
     for turn, floor in zip(raw["voice_turns"], raw["floor"], strict=True):
         assert turn["user_perceived_s"] > 0 and turn["server_compute_s"] > 0
         assert set(turn["stages_s"]) == {name for name, _, _ in STAGES}

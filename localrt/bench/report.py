@@ -44,17 +44,13 @@ def _met(op: str, value: Any, target: Any) -> bool | None:
     return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
 
 
-def _finished(turn: dict[str, Any]) -> bool:
-    return finished(turn["status"], turn.get("reason", ""))
-
-
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
-    turns = [t for t in raw["voice_turns"] if _finished(t)]
+    turns = [t for t in raw["voice_turns"] if finished(t)]
     floors = raw["floor"]
     per_turn_ratio = [
         t["server_compute_s"] / f["total_s"]
         for t, f in zip(raw["voice_turns"], floors, strict=False)
-        if _finished(t) and t["server_compute_s"] and f["total_s"]
+        if finished(t) and t["server_compute_s"] and f["total_s"]
     ]
     voice: dict[str, Any] = {
         "turns": len(raw["voice_turns"]),
@@ -104,7 +100,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     }
     concurrency: dict[str, Any] = {}
     for level, samples in raw["concurrency"].items():
-        ok = [s for s in samples if _finished(s)]
+        ok = [s for s in samples if finished(s)]
         concurrency[level] = {
             "turns": len(samples),
             "completed": len(ok),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -39,7 +39,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def paired(
-    a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], key: str, how: str = "ratio"
+    a: Sequence[dict[str, Any]],
+    b: Sequence[dict[str, Any]],
+    key: str,
+    how: Literal["ratio", "difference"] = "ratio",
 ) -> dict[str, Any]:
     """Summary of ``a[i][key] / b[i][key]`` (or ``-`` with ``how="difference"``) over runs made side by
     side: run ``i`` of each side had the same input, back to back, so the machine's drift over the

@@ -52,14 +52,15 @@ class TurnSample:
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "finished": finished(self.status, self.reason)}
+        return asdict(self)
 
 
-def finished(status: str, reason: str) -> bool:
-    """Whether the turn ran to its end: the reply was done, or cut at the bench's own
-    ``max_output_tokens`` (the small model sometimes rambles; the whole capped reply was still delivered).
-    Anything else (cancelled, failed, timed out, no response) is a turn that did not complete."""
-    return status == "completed" or (status == "incomplete" and reason == "max_output_tokens")
+def finished(turn: dict[str, Any]) -> bool:
+    """Whether a recorded turn (``TurnSample.to_dict()``) ran to its end: the reply was done, or cut at
+    the bench's own ``max_output_tokens`` (the small model sometimes rambles; the whole capped reply was
+    still delivered). Anything else (cancelled, failed, timed out, no response) did not complete."""
+    status = turn["status"]
+    return status == "completed" or (status == "incomplete" and turn.get("reason") == "max_output_tokens")
 
 
 @dataclass
