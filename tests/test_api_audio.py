@@ -32,6 +32,7 @@ from localrt.catalog import EMBEDDED_VOICE_ID, embedded_voice
 from localrt.engines import Engines
 from localrt.engines.tts import PiperEngine, Voice, read_voice
 from localrt.settings import Settings
+from tests.servers import error_of
 
 pytestmark = pytest.mark.slow
 
@@ -192,9 +193,7 @@ BAD_SPEECH = {
 def test_speech_errors(
     http: httpx.Client, request_kwargs: dict[str, Any], status: int, code: str, param: str
 ) -> None:
-    r = http.post("/v1/audio/speech", **request_kwargs)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
+    error = error_of(http.post("/v1/audio/speech", **request_kwargs), status)
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
     if param == "response_format":
         assert all(f in error["message"] for f in codecs.SPEECH_FORMATS)
@@ -224,9 +223,7 @@ def test_transcription_errors(
     code: str,
     param: str,
 ) -> None:
-    r = http.post("/v1/audio/transcriptions", **request_kwargs)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
+    error = error_of(http.post("/v1/audio/transcriptions", **request_kwargs), status)
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
     if param == "response_format":
         assert all(f in error["message"] for f in ("json", "text", "srt", "verbose_json", "vtt"))

@@ -8,21 +8,11 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import API_KEY
+from tests.servers import API_KEY, error_of
 
 pytestmark = pytest.mark.slow
 
 HI = [{"role": "user", "content": "Hi"}]
-
-
-def error_of(resp: httpx.Response, status: int) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"}
-    err: dict[str, Any] = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"]
-    return err
 
 
 def still_serves(http: httpx.Client) -> None:
