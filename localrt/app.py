@@ -19,25 +19,24 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from localrt.api import audio as audio_api
 from localrt.api import chat as chat_api
 from localrt.api import models as models_api
-from localrt.api.common import ClientDisconnected
+from localrt.api.common import ClientDisconnected, error_response
+from localrt.api.models import LIVENESS_PATH
 from localrt.engines import Engines, load_engines
 from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
+from localrt.lifecycle import DrainMiddleware, Lifecycle
 from localrt.realtime import endpoint as realtime_api
+from localrt.realtime.handshake_guard import SessionSlots
 from localrt.settings import Settings
 from localrt.timings import TimingLog
 from localrt.timings import routes as timing_routes
 
 logger = logging.getLogger(__name__)
-
-
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -80,14 +79,18 @@ def key_matches(expected: str, given: str | None) -> bool:
 
 
 class APIKeyMiddleware:
-    """401 for /v1 HTTP requests without the configured key (WebSockets check it at the handshake)."""
+    """401 for HTTP requests without the configured key (WebSockets check it at the handshake).
+
+    Every route needs it, ``/health`` and ``/debug/timings`` included, except the liveness probe
+    (:data:`LIVENESS_PATH`, which says nothing but "ok") and CORS preflights (which carry no key).
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != LIVENESS_PATH:
             headers = dict(scope["headers"])
             given = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
             if not key_matches(self.api_key, given):
@@ -119,7 +122,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             if owned:
                 await anyio.to_thread.run_sync(loaded.close)
 
-    middleware = []
+    lifecycle = Lifecycle()
+    middleware = [Middleware(DrainMiddleware, lifecycle=lifecycle)]  # outermost: counts everything
     if settings.cors_allow_origins:
         middleware.append(
             Middleware(
@@ -151,6 +155,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     )
     app.state.settings = settings
     app.state.timings = TimingLog()
+    app.state.lifecycle = lifecycle
+    app.state.realtime_slots = SessionSlots.from_settings(settings)
     if engines is not None:
         app.state.engines = engines
     return app

@@ -37,9 +37,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     sources["models"] = CliSettingsSource(Settings, root_parser=models, cli_kebab_case=True)
     bench = sub.add_parser(
         "bench",
-        help="profile latency of the voice loop and the HTTP endpoints against the engines",
-        description="Latency profiling. Without --url it serves in-process with the settings below; "
-        "with --url it measures that server (the floor still runs on engines loaded here).",
+        help="profile latency of the voice loop and the HTTP endpoints against the engines, then soak",
+        description="Latency profiling, then a soak (concurrent realtime sessions x voice turns; --soak "
+        "runs only that). Without --url it serves in-process with the settings below; with --url it "
+        "measures that server (the floor still runs on engines loaded here).",
     )
     bench.add_argument("--url", default=None, help="a running server, e.g. http://gpu-box:8000")
     bench.add_argument("--bench-key", default=None, help="API key of the server given by --url")
@@ -52,8 +53,36 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     )
     bench.add_argument("--turns-per-session", type=int, default=3, help="turns per concurrent session")
     bench.add_argument("--out", default="bench-results", help="results folder (default bench-results)")
+    bench.add_argument(
+        "--soak", action="store_true", help="run only the soak (without it, the soak is the last stage)"
+    )
+    bench.add_argument(
+        "--soak-sessions",
+        type=_count,
+        default=8,
+        help="concurrent sessions in the soak (default 8; 0: no soak)",
+    )
+    bench.add_argument(
+        "--soak-turns", type=_count, default=10, help="voice turns per soak session (default 10)"
+    )
+    bench.add_argument(
+        "--soak-turn-timeout", type=float, default=120.0, help="seconds before a soak turn counts as lost"
+    )
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: the local server's process id, read for the soak's RSS, threads and fds",
+    )
     sources["bench"] = CliSettingsSource(Settings, root_parser=bench, cli_kebab_case=True)
     return parser, sources
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> Settings:
@@ -64,18 +93,24 @@ def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> 
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from localrt.app import create_app
-    from localrt.serving import uvicorn_config
+    from localrt.serving import server_for, uvicorn_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.Server(
-        uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)
-    ).run()
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        sys.exit("localrt: --ssl-keyfile needs --ssl-certfile")
+    config = uvicorn_config(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        settings.log_level,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+    server_for(config).run()
 
 
 def list_models(settings: Settings) -> None:
@@ -107,6 +142,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
     from localrt.bench.runner import BenchConfig
     from localrt.bench.runner import main as run_bench
 
+    if args.soak and not (args.soak_sessions and args.soak_turns):
+        sys.exit("localrt: --soak needs --soak-sessions and --soak-turns of 1 or more")
     logging.basicConfig(level=logging.WARNING)
     run_bench(
         BenchConfig(
@@ -118,5 +155,10 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
             turns_per_session=args.turns_per_session,
             out=Path(args.out),
             settings=settings,
+            soak_sessions=args.soak_sessions,
+            soak_turns=args.soak_turns,
+            soak_turn_timeout_s=args.soak_turn_timeout,
+            soak_only=args.soak,
+            server_pid=args.server_pid,
         )
     )

@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     api_key: SecretStr | None = Field(
         None,
-        description="If set, every /v1 request must carry it (Authorization: Bearer <key>); "
-        "unset means no authentication.",
+        description="If set, every request but GET /health/live must carry it (Authorization: Bearer "
+        "<key>; realtime also takes the openai-insecure-api-key subprotocol or ?api-key=); unset: no "
+        "authentication.",
     )
     models_dir: Path = Field(
         Path("models"),
@@ -36,6 +37,78 @@ class Settings(BaseSettings):
     cors_allow_origins: list[str] = Field(
         default_factory=list,
         description='Origins allowed to call the HTTP API from a browser, as a JSON list (["*"] for any).',
+    )
+
+    realtime_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins allowed to open /v1/realtime, as a JSON list (["*"] for any). '
+        "Empty: without --api-key, same-origin pages and pages on localhost / 127.0.0.1 / [::1] / "
+        "*.localhost only; with a key, any origin (the key guards). Clients that send no Origin header "
+        "(SDKs, servers) are always allowed; the API key still applies.",
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) to serve https:// and wss://.")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) for --ssl-certfile.")
+
+    # --- limits (every byte a client sends is bounded before it is parsed, decoded or held) ---------
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body, checked before it is read in full (413 beyond).",
+    )
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest audio upload for transcriptions (413 beyond)."
+    )
+    # 25 min, the cap of OpenAI's gpt-4o-transcribe models: 96 MB decoded (16 kHz float32), under
+    # 400 MB at the peak of the Whisper job, and minutes of the one Whisper worker realtime shares.
+    max_audio_seconds: float = Field(
+        1500.0,
+        gt=0,
+        description="Longest decoded audio accepted by transcriptions and translations, in seconds; "
+        "decoding stops as soon as it passes this, whatever the file's header says (400 beyond).",
+    )
+    realtime_max_sessions: int = Field(
+        64, ge=1, description="Realtime sessions open at once in total (503 at the handshake beyond)."
+    )
+    realtime_max_sessions_per_ip: int = Field(
+        10, ge=1, description="Realtime sessions open at once from one client address (503 beyond)."
+    )
+    realtime_idle_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="A realtime session that sends no event for this long is closed (code 1008).",
+    )
+    realtime_max_session_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Longest life of a realtime session; its expires_at, after which it is closed (1008).",
+    )
+    realtime_max_buffer_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Uncommitted input audio one session may hold, as 16 kHz pcm16 bytes (about 17 min).",
+    )
+    realtime_max_items: int = Field(
+        1024, ge=8, description="Conversation items one realtime session may hold."
+    )
+    realtime_max_item_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest conversation item (text and audio as received) one session may create.",
+    )
+    realtime_max_session_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Text and audio one realtime session's conversation may hold in total.",
+    )
+    realtime_max_oob_responses: int = Field(
+        2,
+        ge=1,
+        description="Out-of-band responses (conversation none) one session may run at once.",
+    )
+    shutdown_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests and sessions get to finish before exit.",
     )
 
     # --- chat model (llama.cpp) -----------------------------------------------------------------------

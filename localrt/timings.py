@@ -3,7 +3,9 @@
 Each realtime response records monotonic timestamps of its stages (``speech_stopped``, ``stt_done``,
 ``llm_first_token``, ``first_clause``, ``tts_first_chunk``, ``first_audio_sent``, ...). They are logged
 with the session id and kept in a bounded in-memory log that ``GET /debug/timings`` serves, so
-``localrt bench`` can break a turn into stages against a server in another process.
+``localrt bench`` can break a turn into stages against a server in another process. The route lists
+every session's ids, so when an API key is set it needs the key like every route but the liveness probe
+(``localrt.app.APIKeyMiddleware``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from localrt.bench import report
 from localrt.bench.runner import BenchConfig, finish, run
 from localrt.bench.voice import STAGES, finished
 from localrt.engines import Engines
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engines) -> None:
     cfg = BenchConfig(
         turns=2, http_runs=2, concurrency=(1, 2), turns_per_session=1, out=tmp_path, warmup=False,
-        settings=settings,
+        settings=settings, soak_sessions=1, soak_turns=1,
     )  # fmt: skip
     raw = await run(cfg, engines)
     summ, paths = finish(raw, tmp_path)
@@ -37,6 +38,8 @@ async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engi
     assert summ["chat"]["engine"]["tokens_per_s"]["p50"] > 0
     assert {"1", "2"} == set(summ["concurrency"])
     assert all(c["completed"] == c["turns"] for c in summ["concurrency"].values())
+    assert summ["soak"]["lost"] == 0 and summ["soak"]["turns"] == 1  # the soak is the last stage
+    assert set(summ["targets"]) == set(report.TARGETS)
     for name, target in summ["targets"].items():
         assert target["value"] is not None, name
     assert json.loads(paths["json"].read_text())["raw"]["voice_turns"]

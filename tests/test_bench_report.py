@@ -128,3 +128,73 @@ def test_http_targets_judge_rounds_side_by_side() -> None:
     assert summ["chat"]["paired"]["tokens_per_s_engine_over_direct"]["n"] == 0  # no engine side
     assert t["speech_ttfb_http_over_direct"]["value"] == pytest.approx(1.0)  # the unpaired run is left out
     assert "engine/direct" not in report.table(summ)
+
+
+def fake_soak(lost: int = 0) -> dict[str, Any]:
+    turns = []
+    for i in range(8):
+        t = TurnSample(question=f"q{i}", status="completed", user_perceived_s=1.0 + i / 10)
+        apply_marks(t, marks(i))
+        turns.append({**t.to_dict(), "session": i // 4, "turn": i % 4})
+    turns[0].update(status="incomplete", reason="max_output_tokens")  # capped: still completed
+    for t in turns[8 - lost :]:
+        t.update(status="timeout", user_perceived_s=None)
+    return {
+        "sessions": 2,
+        "turns_per_session": 4,
+        "turn_timeout_s": 120.0,
+        "wall_s": 42.0,
+        "process": "self",
+        "before": {"rss_mb": 800.0, "threads": 40, "fds": 30},
+        "after": {"rss_mb": 812.5, "threads": 40, "fds": 31},
+        "rss_timeline": [[0.0, 801.0], [0.5, 850.0], [1.0, 820.0]],
+        "turns": turns,
+    }
+
+
+def test_soak_section_and_target(tmp_path: Path) -> None:
+    raw = {**fake_raw(), "soak": fake_soak()}
+    summ = report.summarize(raw)
+    s = summ["soak"]
+    assert (s["turns"], s["completed"], s["capped"], s["lost"]) == (8, 8, 1, 0)
+    assert s["rss_mb"] == {"before": 800.0, "after": 812.5, "peak": 850.0}
+    assert s["threads"] == {"before": 40, "after": 40} and s["fds"] == {"before": 30, "after": 31}
+    assert s["user_perceived_s"]["p50"] == pytest.approx(1.35) and s["user_perceived_s"]["p95"] is not None
+    assert s["server_compute_s"]["p50"] == pytest.approx(0.57)
+    assert summ["targets"]["soak_lost_turns"] == {"value": 0, "target": "== 0", "met": True}
+    assert len(summ["targets"]) == len(report.TARGETS)  # the full run judges every target
+    text = report.table(summ)
+    assert (
+        "Soak: 2 sessions x 4 turns in 42 s: 8/8 turns completed (1 cut at max_output_tokens), 0 lost" in text
+    )
+    assert "user-perceived p50 1350, p95" in text and "server compute p50 570" in text
+    assert "RSS before 800 MB, after 812 MB, peak 850 MB; threads 40 -> 40; fds 30 -> 31" in text
+    assert text.index("Soak:") < text.index("Targets")
+    paths = report.write(raw, summ, tmp_path)
+    assert json.loads(paths["json"].read_text())["summary"]["soak"]["lost"] == 0
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_lost_turns_miss_the_target() -> None:
+    soak = fake_soak(lost=2)
+    soak["turns"][1].update(status="not_run", error="session ended: ConnectionClosedError")
+    summ = report.summarize({"soak": soak})
+    assert summ["soak"]["lost"] == 3
+    assert summ["soak"]["lost_by_status"] == {"not_run": 1, "timeout": 2}
+    assert summ["targets"]["soak_lost_turns"]["met"] is False
+    assert "5/8 turns completed (1 cut at max_output_tokens), 3 lost (1 not_run, 2 timeout)" in report.table(
+        summ
+    )
+
+
+def test_soak_alone_reports_only_the_soak(tmp_path: Path) -> None:
+    """``localrt bench --soak``: no other stage ran, so no other section or target; a server measured
+    over ``--url`` without a pid says its process was not measured."""
+    soak = dict(fake_soak(), process=None, before=None, after=None, rss_timeline=[])
+    summ = report.summarize({"soak": soak, "machine": report.machine()})
+    assert set(summ) == {"soak", "targets"} and set(summ["targets"]) == {"soak_lost_turns"}
+    assert summ["soak"]["rss_mb"] == {"before": None, "after": None, "peak": None}
+    text = report.table(summ)
+    assert "Voice turns" not in text and "server process: not measured" in text
+    paths = report.write({"soak": soak}, summ, tmp_path)
+    assert paths["png"].stat().st_size > 1000

@@ -106,7 +106,8 @@ def test_malformed_json(http: httpx.Client) -> None:
     )
     err = error_of(resp, 400)
     assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "invalid_json", None)
-    err = error_of(http.post("/v1/chat/completions", content=b"[1, 2]"), 400)
+    resp = http.post("/v1/chat/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
+    err = error_of(resp, 400)
     assert err["code"] == "invalid_json"
     still_serves(http)
 
@@ -145,7 +146,8 @@ def test_api_key_required_when_configured(keyed_server_url: str) -> None:
         assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", None, None)
         err = error_of(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
         assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "invalid_api_key", None)
-        assert client.get("/health").status_code == 200  # health needs no key
+        assert error_of(client.get("/health"), 401)["code"] is None  # every route needs the key...
+        assert client.get("/health/live").json() == {"status": "ok"}  # ...but the liveness probe
     good = openai.OpenAI(base_url=keyed_server_url + "/v1", api_key=API_KEY, max_retries=0)
     assert good.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=2).choices  # type: ignore[arg-type]
     bad = openai.OpenAI(base_url=keyed_server_url + "/v1", api_key="sk-wrong", max_retries=0)

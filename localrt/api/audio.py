@@ -1,7 +1,9 @@
 """``/v1/audio/*``: transcriptions and translations (Whisper), speech (Piper) and the voice list.
 
-Uploads arrive as multipart forms (as the OpenAI SDK sends them), capped at 25 MB; decoding and
-encoding run in worker threads, the models in their engines' executors. Speech is always streamed:
+Uploads arrive as multipart forms (as the OpenAI SDK sends them), read and decoded within the limits
+of :mod:`.uploads`. Decoding and encoding run in worker threads, the models in their engines'
+executors; every wait is cancellable, and a client that leaves stops its decoding and its Whisper
+job (within one native call, see :mod:`localrt.engines.stt_bounds`). Speech is always streamed:
 ``stream_format=audio`` (the default, as with OpenAI) sends encoded bytes as sentences are synthesized,
 ``sse`` wraps the same bytes in ``speech.audio.delta`` events.
 """
@@ -9,20 +11,20 @@ encoding run in worker threads, the models in their engines' executors. Speech i
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
+from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message
 
-from localrt.api.common import engines_of, parse_body, sse, unless_disconnected
+from localrt.api import uploads
+from localrt.api.common import DrainingStream, engines_of, parse_body, sse, unless_disconnected
 from localrt.audio import codecs
 from localrt.engines.stt import Segment, Task, Transcription, WhisperEngine, language_name
 from localrt.engines.threaded import ThreadedStream
@@ -33,12 +35,9 @@ from localrt.errors import (
     InvalidRequest,
     MissingParameter,
     ModelNotFound,
-    PayloadTooLarge,
 )
+from localrt.settings import Settings
 
-MAX_FILE_BYTES = 25 * 1024 * 1024
-_FORM_SLACK = 1024 * 1024  # multipart boundaries and the small fields around the file
-MAX_AUDIO_SECONDS = 4 * 3600.0
 MAX_INPUT_CHARS = 4096
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
@@ -54,40 +53,9 @@ def _stt(request: Request) -> WhisperEngine:
     return engine
 
 
-def _too_large(size: int | None = None) -> PayloadTooLarge:
-    got = f" (got {size} bytes)" if size is not None else ""
-    return PayloadTooLarge(
-        f"The file is larger than the maximum of {MAX_FILE_BYTES // (1024 * 1024)} MB{got}.", param="file"
-    )
-
-
-async def _read_form(request: Request) -> FormData:
-    """The multipart form, refusing bodies over the limit with 413 (after draining what was sent,
-    so the client can read the answer instead of seeing its upload cut off)."""
-    declared = request.headers.get("content-length")
-    limit = MAX_FILE_BYTES + _FORM_SLACK
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        drained = 0
-        async for chunk in request.stream():
-            drained += len(chunk)
-            if drained > 4 * limit:
-                break
-        raise _too_large()
-    received = 0
-    receive = request.receive
-
-    async def limited() -> Message:
-        nonlocal received
-        message = await receive()
-        received += len(message.get("body", b""))
-        if received > limit:
-            raise _too_large()
-        return message
-
-    try:
-        return await Request(request.scope, limited).form(max_files=1, max_fields=64)
-    except HTTPException as exc:  # Starlette's rendering of a malformed multipart body
-        raise InvalidRequest(f"Malformed multipart body: {exc.detail}", param="file") from exc
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _field(form: FormData, name: str) -> str | None:
@@ -108,20 +76,6 @@ def _float_field(form: FormData, name: str, default: float, low: float, high: fl
     if not low <= value <= high:
         raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}.", param=name)
     return value
-
-
-async def _upload(form: FormData) -> bytes:
-    upload = form.get("file")
-    if upload is None:
-        raise MissingParameter("Missing required parameter: 'file'.", param="file")
-    if not isinstance(upload, UploadFile):
-        raise InvalidRequest("'file' must be an uploaded file, not a text field.", param="file")
-    data = await upload.read()
-    if len(data) > MAX_FILE_BYTES:
-        raise _too_large(len(data))
-    if not data:
-        raise InvalidRequest("The audio file is empty.", param="file")
-    return data
 
 
 def _check_model(form: FormData, engine: WhisperEngine) -> None:
@@ -147,7 +101,8 @@ def _granularities(form: FormData) -> set[str]:
 
 async def _speech_to_text(request: Request, task: Task) -> Response:
     engine = _stt(request)
-    form = await _read_form(request)
+    settings = _settings(request)
+    form = await uploads.read_form(request, settings.max_upload_bytes)
     try:
         _check_model(form, engine)
         response_format = _field(form, "response_format") or "json"
@@ -166,10 +121,13 @@ async def _speech_to_text(request: Request, task: Task) -> Response:
         granularities = _granularities(form) if response_format == "verbose_json" else set()
         options["word_timestamps"] = "word" in granularities
         stream = task == "transcribe" and (_field(form, "stream") or "false").lower() in ("true", "1")
-        data = await _upload(form)
+        data = await uploads.read_file(form, settings.max_upload_bytes)
     finally:
         await form.close()
-    audio = await run_in_threadpool(codecs.decode, data, engine.sample_rate, max_duration=MAX_AUDIO_SECONDS)
+    decode = functools.partial(uploads.decode, data, engine.sample_rate, settings.max_audio_seconds)
+    del data  # held by `decode` until decoded, not while Whisper runs
+    audio = await unless_disconnected(request, decode)
+    del decode
     if stream:
         # Created here so invalid options are a 400 before the event stream starts.
         return sse(_transcript_events(engine.stream(audio, **options)), done=False)
@@ -307,7 +265,7 @@ async def speech(request: Request) -> Response:
     encoder = codecs.AudioEncoder(fmt, chosen.sample_rate)
     if req.stream_format == "sse":
         return sse(_speech_events(chunks, encoder, req.input), done=False)
-    return StreamingResponse(_encoded(chunks, encoder), media_type=encoder.media_type)
+    return DrainingStream(_encoded(chunks, encoder), media_type=encoder.media_type)
 
 
 async def _encoded(chunks: ThreadedStream[AudioChunk], encoder: codecs.AudioEncoder) -> AsyncIterator[bytes]:

@@ -1,10 +1,17 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``.
+
+The engine prepares a prompt (template, tokens, context check, grammars) in its worker, and entering
+its stream waits for that: a route enters the stream *before* it picks the response type, so a prompt
+error (context length, an invalid schema or token id) is a plain JSON 400 even for ``stream: true``,
+and only what fails after the first token becomes an SSE error frame.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -14,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from localrt.api.common import engines_of, new_id, now, parse_body, sse, unless_disconnected
 from localrt.api.schemas import ChatCompletionRequest, CompletionRequest
 from localrt.engines.chat_format import content_text
-from localrt.engines.llm import ChatResult, ChatStream, LLMEngine, TextDelta, ToolCallDelta
+from localrt.engines.llm import ChatResult, ChatStream, TextDelta, ToolCallDelta
 from localrt.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ async def chat_completions(request: Request) -> Response:
     completion_id = new_id("chatcmpl")
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        await unless_disconnected(request, stream.__aenter__)
         return sse(_chat_chunks(stream, completion_id, req.model, include_usage))
 
     result = await unless_disconnected(request, lambda: _run(stream))
@@ -95,6 +103,19 @@ async def _run(stream: ChatStream) -> ChatResult:
     return stream.result
 
 
+@asynccontextmanager
+async def _leaving(stream: Any) -> AsyncIterator[Any]:
+    """Leave a stream the route has already entered (the worker stops within a token).
+
+    A body that never starts (the client left before it did) does not run this; dropping the stream
+    stops its worker then (:class:`~localrt.engines.threaded.ThreadedStream` stops on collection).
+    """
+    try:
+        yield stream
+    finally:
+        await stream.__aexit__(None, None, None)
+
+
 async def _chat_chunks(
     stream: Any, completion_id: str, model: str, include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
@@ -113,7 +134,7 @@ async def _chat_chunks(
             out["usage"] = None
         return out
 
-    async with stream:
+    async with _leaving(stream):
         yield chunk({"role": "assistant", "content": ""})
         announced: set[str] = set()
         async for event in stream:
@@ -140,30 +161,38 @@ async def _chat_chunks(
         }
 
 
-def _prompt_text(req: CompletionRequest, engine: LLMEngine) -> str:
+def _prompt(req: CompletionRequest) -> str | list[int]:
+    """The one prompt of a completions request, as text or token ids (the engine checks the ids
+    against the vocabulary, in its worker, before anything reads them)."""
     prompt = req.prompt
+    value: str | list[int]
     if isinstance(prompt, str):
-        return prompt
-    if prompt and all(isinstance(p, int) for p in prompt):
-        return str(engine.llama.detokenize(prompt).decode("utf-8", errors="replace"))
-    if len(prompt) != 1:
+        value = prompt
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        value = cast("list[int]", prompt)
+    elif len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        value = prompt[0]  # one prompt, as text or as token ids
+    elif prompt:
         raise InvalidRequest("Only one prompt per request is supported.", param="prompt")
-    return str(prompt[0])
+    else:
+        value = ""
+    if not value:
+        raise InvalidRequest("prompt must not be empty.", param="prompt")
+    return value
 
 
 async def completions(request: Request) -> Response:
     req = await parse_body(request, CompletionRequest)
     engine = await engines_of(request).llm.get(req.model)
-    prompt = _prompt_text(req, engine)
-    if not prompt:
-        raise InvalidRequest("prompt must not be empty.", param="prompt")
-    stream = engine.complete(prompt, req.sampling(req.max_tokens))
+    stream = engine.complete(_prompt(req), req.sampling(req.max_tokens))
     completion_id = new_id("cmpl")
-    echo = prompt if req.echo else ""
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        await unless_disconnected(request, stream.__aenter__)
+        echo = stream.prompt_text if req.echo else ""
         return sse(_completion_chunks(stream, completion_id, req.model, echo, include_usage))
     result = await unless_disconnected(request, lambda: _run(stream))
+    echo = stream.prompt_text if req.echo else ""
     return JSONResponse(
         {
             "id": completion_id,
@@ -202,7 +231,7 @@ async def _completion_chunks(
             out["usage"] = None
         return out
 
-    async with stream:
+    async with _leaving(stream):
         if echo:
             yield chunk(echo)
         async for event in stream:

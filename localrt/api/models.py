@@ -1,4 +1,9 @@
-"""``GET /v1/models``, ``GET /v1/models/{id}`` and ``GET /health``."""
+"""``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` and ``GET /health/live``.
+
+``/health`` reports the loaded models and whether the chat model is busy, so it needs the API key when
+one is set. ``/health/live`` is the liveness probe for container health checks and load balancers: it
+needs no key, touches no engine and answers ``{"status": "ok"}`` while the server accepts requests.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +74,15 @@ async def health(request: Request) -> Response:
     )
 
 
+async def live(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+LIVENESS_PATH = "/health/live"
+
 routes: list[BaseRoute] = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route(LIVENESS_PATH, live, methods=["GET"]),
 ]

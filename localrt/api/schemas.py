@@ -130,7 +130,7 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)  # OpenAI's limit
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -138,7 +138,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] = Field(...)
+    # Text, token ids, or a list of one of those (one prompt per request: more is a 400).
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     max_tokens: int | None = Field(16, ge=1)
     suffix: str | None = None
     echo: bool = False

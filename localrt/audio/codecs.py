@@ -1,7 +1,7 @@
 """Decoding uploads and encoding speech, through PyAV (FFmpeg).
 
 ``decode`` turns any container/codec FFmpeg understands (wav, mp3, flac, ogg/opus, webm, m4a, ...) at
-any rate and channel count into float32 mono at the rate Whisper wants: PyAV converts to planar float,
+any rate and channel count into float32 mono at the rate Whisper wants: PyAV converts to packed float,
 the channels are averaged (a plain mean cannot clip, unlike FFmpeg's -3 dB downmix), soxr resamples.
 
 ``AudioEncoder`` turns int16 speech into one of OpenAI's ``response_format`` values chunk by chunk, so
@@ -12,8 +12,10 @@ produced at 24 kHz mono like OpenAI's; ``pcm`` is raw little-endian s16 at 24 kH
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
@@ -21,7 +23,7 @@ import av
 import numpy as np
 
 from localrt.audio.pcm import int16_to_bytes
-from localrt.audio.resample import StreamResampler, resample
+from localrt.audio.resample import StreamResampler
 from localrt.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,17 @@ logger = logging.getLogger(__name__)
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 SPEECH_FORMATS: tuple[str, ...] = get_args(SpeechFormat)
 OUTPUT_RATE = 24_000
+
+# Decoded frames outside these bounds are refused before they are copied. No real recording needs
+# more (FLAC's largest frame is 65535 samples x 8 channels), and together with the duration cap they
+# bound what one upload can make the decoder hold.
+MIN_INPUT_RATE = 1_000
+MAX_INPUT_RATE = 1_536_000  # DSD256 decodes to 1.4 MHz PCM
+MAX_FRAME_VALUES = 1 << 22
+MAX_CHANNELS = 64  # FFmpeg's resampler's own limit
+# Each change of rate, layout or sample format mid-stream costs new converters (about 1 ms): a file
+# alternating them every frame would keep a thread busy for minutes. Chained streams change a few times.
+MAX_FORMAT_CHANGES = 100
 
 MEDIA_TYPES: dict[str, str] = {
     "mp3": "audio/mpeg",
@@ -58,19 +71,26 @@ _MUXING: dict[str, _Muxing] = {
 }
 
 
-def decode(data: bytes, sample_rate: int = 16_000, *, max_duration: float | None = None) -> np.ndarray:
-    """Decode an audio file to float32 mono at ``sample_rate``.
+def decode(
+    data: bytes,
+    sample_rate: int = 16_000,
+    *,
+    max_duration: float | None = None,
+    stop: threading.Event | None = None,
+) -> np.ndarray:
+    """Decode an audio file to float32 mono at ``sample_rate``, streaming: frame by frame, each frame
+    is converted to float, averaged to mono and resampled before the next is decoded, so memory is the
+    output plus one frame, whatever the source rate, channel count or codec.
 
     Raises ``InvalidRequest(param="file")`` for empty input, input FFmpeg cannot read, input with no
-    audio stream or no decodable audio, and audio longer than ``max_duration`` seconds (a guard against
-    tiny, highly compressed uploads that would expand to gigabytes).
+    audio stream or no decodable audio, frames no real codec produces, and audio longer than
+    ``max_duration`` seconds: the decoded duration is counted as frames arrive (a header may lie), and
+    decoding stops as soon as it passes the cap, so a tiny, highly compressed upload (a decompression
+    bomb) costs at most ``max_duration`` seconds of 16 kHz float32. Setting ``stop`` (from another
+    thread) ends decoding at the next frame with what was decoded so far.
     """
     if not data:
         raise InvalidRequest("The audio file is empty.", param="file")
-    runs: list[np.ndarray] = []  # float32 at sample_rate
-    pending: list[np.ndarray] = []  # float32 at pending_rate, not yet resampled
-    pending_rate = 0
-    total = 0.0
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError, EOFError) as exc:
@@ -82,36 +102,156 @@ def decode(data: bytes, sample_rate: int = 16_000, *, max_duration: float | None
     with container:
         if not container.streams.audio:
             raise InvalidRequest("The file contains no audio stream.", param="file")
-        to_float = av.AudioResampler(format="fltp")
+        out = _Output(sample_rate, max_duration, _declared_seconds(container))
+        decoder = _FrameDecoder(sample_rate)
+        seconds = 0.0  # decoded so far, counted from the frames themselves
         try:
             for frame in container.decode(audio=0):
-                if frame.sample_rate != pending_rate and pending:
-                    runs.append(resample(np.concatenate(pending), pending_rate, sample_rate))
-                    pending = []
-                if frame.sample_rate != pending_rate:
-                    pending_rate = frame.sample_rate
-                    to_float = av.AudioResampler(format="fltp")
-                pending.extend(_mono(f) for f in to_float.resample(frame))
-                total += frame.samples / frame.sample_rate
-                if max_duration is not None and total > max_duration:
-                    raise InvalidRequest(
-                        f"The audio is longer than the maximum of {max_duration:.0f} seconds.",
-                        param="file",
-                    )
-            pending.extend(_mono(f) for f in to_float.resample(None))
+                if stop is not None and stop.is_set():
+                    break
+                seconds += decoder.check(frame)
+                if max_duration is not None and seconds > max_duration:
+                    raise _too_long(max_duration)
+                out.append(decoder.decode(frame))
+            out.append(decoder.flush())
         except (av.FFmpegError, ValueError, EOFError) as exc:
             # A truncated or partly corrupt file: keep what decoded, as FFmpeg's CLI would.
-            if not pending and not runs:
+            if not out.size and not decoder.converted:
                 raise InvalidRequest(
                     f"The audio file could not be decoded ({_reason(exc)}).", param="file"
                 ) from exc
             logger.info("audio decoding stopped early: %s", exc)
-    if pending:
-        runs.append(resample(np.concatenate(pending), pending_rate, sample_rate))
-    audio = np.concatenate(runs).astype(np.float32, copy=False) if runs else np.zeros(0, np.float32)
-    if audio.size == 0:
+            with contextlib.suppress(av.FFmpegError, ValueError):
+                out.append(decoder.flush())
+    if out.size == 0:
         raise InvalidRequest("The audio file contains no audio samples.", param="file")
-    return np.clip(audio, -1.0, 1.0)
+    return out.samples()
+
+
+def _too_long(max_duration: float) -> InvalidRequest:
+    return InvalidRequest(
+        f"The audio in 'file' is longer than the maximum of {max_duration:.0f} seconds; "
+        "split it into shorter files.",
+        param="file",
+    )
+
+
+def _declared_seconds(container: av.container.InputContainer) -> float | None:
+    """What the header says the duration is: only a hint for sizing the output, never trusted."""
+    if container.duration is not None and container.duration > 0:
+        return float(container.duration) / av.time_base
+    return None
+
+
+class _FrameDecoder:
+    """Decoded frames -> float32 mono chunks at ``sample_rate``.
+
+    PyAV converts each frame to packed float, the channels are averaged (a plain mean cannot clip,
+    unlike FFmpeg's -3 dB downmix) and soxr's streaming resampler carries its state from frame to
+    frame. A change of rate, layout or sample format mid-stream (chained ogg, concatenated mp3) flushes
+    the resampler and starts new ones.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.converted = False  # whether any frame made it through the converters
+        self._key: tuple[str, str, int] | None = None
+        self._changes = 0
+        self._to_float: av.AudioResampler | None = None
+        self._resampler: StreamResampler | None = None
+
+    def check(self, frame: av.AudioFrame) -> float:
+        """Refuse frames no real codec produces (before anything copies them); returns the frame's
+        duration in seconds."""
+        rate, channels = frame.sample_rate, len(frame.layout.channels)
+        if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+            raise InvalidRequest(
+                f"The audio in 'file' has an unsupported sample rate of {rate} Hz.", param="file"
+            )
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise InvalidRequest(
+                f"The audio in 'file' has {channels} channels; at most {MAX_CHANNELS} are supported.",
+                param="file",
+            )
+        if frame.samples * channels > MAX_FRAME_VALUES:
+            raise InvalidRequest(
+                f"The audio in 'file' has an unsupported frame of {frame.samples} samples x "
+                f"{channels} channels.",
+                param="file",
+            )
+        return frame.samples / rate
+
+    def decode(self, frame: av.AudioFrame) -> np.ndarray:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._key:
+            self._changes += 1
+            if self._changes > MAX_FORMAT_CHANGES:
+                raise InvalidRequest(
+                    "The audio in 'file' changes its sample rate, channel layout or sample format "
+                    f"more than {MAX_FORMAT_CHANGES} times.",
+                    param="file",
+                )
+            head = self.flush()
+            self._key = key
+            self._to_float = av.AudioResampler(format="flt")
+            self._resampler = StreamResampler(frame.sample_rate, self.sample_rate)
+            body = self._convert(frame)
+            return np.concatenate([head, body]) if head.size else body
+        return self._convert(frame)
+
+    def flush(self) -> np.ndarray:
+        """What the converters still hold (call at the end, or before a change of input format)."""
+        if self._to_float is None or self._resampler is None:
+            return np.zeros(0, np.float32)
+        tail = [_mono(f) for f in self._to_float.resample(None)]
+        mono = np.concatenate(tail) if tail else np.zeros(0, np.float32)
+        out = self._resampler.process(mono, last=True)
+        self._to_float = self._resampler = None
+        self._key = None
+        return out
+
+    def _convert(self, frame: av.AudioFrame) -> np.ndarray:
+        assert self._to_float is not None and self._resampler is not None
+        planes = [_mono(f) for f in self._to_float.resample(frame)]
+        mono = planes[0] if len(planes) == 1 else np.concatenate(planes or [np.zeros(0, np.float32)])
+        self.converted = True
+        return self._resampler.process(mono)
+
+
+class _Output:
+    """The decoded signal, float32 at ``rate``, held in one buffer that never passes the cap.
+
+    The buffer starts at the header's duration (bounded by the cap; only a hint: when it lies, the
+    buffer grows, doubling, up to the cap), so an honest file is decoded with no copy at all. Pages
+    of the buffer not yet written cost address space, not memory.
+    """
+
+    def __init__(self, rate: int, max_duration: float | None, declared: float | None) -> None:
+        self._max_duration = max_duration
+        # A little room past the cap: soxr's flushed tail and the frame that crosses it.
+        self._limit = None if max_duration is None else int((max_duration + 1.0) * rate)
+        hint = min(declared or 30.0, max_duration or 600.0)  # an absurd header costs nothing
+        self._buf = np.empty(int((hint + 1.0) * rate), np.float32)
+        self.size = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        end = self.size + chunk.size
+        if end > self._buf.size:
+            capacity = max(end, 2 * self._buf.size)
+            if self._max_duration is not None and self._limit is not None:
+                if end > self._limit:
+                    raise _too_long(self._max_duration)
+                capacity = min(capacity, self._limit)
+            grown = np.empty(capacity, np.float32)
+            grown[: self.size] = self._buf[: self.size]
+            self._buf = grown
+        np.clip(chunk, -1.0, 1.0, out=self._buf[self.size : end])
+        self.size = end
+
+    def samples(self) -> np.ndarray:
+        if self.size < self._buf.size // 2:
+            return self._buf[: self.size].copy()  # do not pin a mostly empty buffer
+        return self._buf[: self.size]
 
 
 def _reason(exc: BaseException) -> str:
@@ -119,8 +259,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:
-    planes = frame.to_ndarray()  # (channels, samples) for planar formats
-    return planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+    """A packed float frame, averaged to mono. (Packed: one plane, interleaved. PyAV reads past the
+    end of the frame's plane pointers for planar audio with more than 8 channels: a segfault.)"""
+    channels = len(frame.layout.channels)
+    samples = frame.to_ndarray().reshape(-1, channels)  # (samples, channels)
+    return samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
 
 
 def check_format(fmt: str, *, param: str = "response_format") -> SpeechFormat:

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from localrt.bench import soak
 from localrt.bench.stats import paired, ratio, summary
 from localrt.bench.voice import STAGES, finished
 
@@ -18,6 +19,7 @@ TARGETS = {
     "transcription_http_over_direct": ("<=", 1.10),
     "speech_ttfb_http_over_direct": ("<=", 1.10),
     "concurrency_all_turns_completed": ("==", True),
+    "soak_lost_turns": ("==", 0),
 }
 
 
@@ -45,6 +47,21 @@ def _met(op: str, value: Any, target: Any) -> bool | None:
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    """The summary of each stage that ran (``localrt bench --soak`` runs only the soak), with the
+    targets those stages measure."""
+    out: dict[str, Any] = _summarize_main(raw) if "voice_turns" in raw else {"targets": {}}
+    if "soak" in raw:
+        out["soak"] = soak.summarize(raw["soak"])
+        out["targets"]["soak_lost_turns"] = _judge("soak_lost_turns", out["soak"]["lost"])
+    return out
+
+
+def _judge(name: str, value: Any) -> dict[str, Any]:
+    op, target = TARGETS[name]
+    return {"value": value, "target": f"{op} {target}", "met": _met(op, value, target)}
+
+
+def _summarize_main(raw: dict[str, Any]) -> dict[str, Any]:
     turns = [t for t in raw["voice_turns"] if finished(t)]
     floors = raw["floor"]
     per_turn_ratio = [
@@ -119,10 +136,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         if concurrency
         else None,
     }
-    targets = {
-        name: {"value": measures[name], "target": f"{op} {target}", "met": _met(op, measures[name], target)}
-        for name, (op, target) in TARGETS.items()
-    }
+    targets = {name: _judge(name, value) for name, value in measures.items()}
     return {
         "voice": voice,
         "chat": chat,
@@ -143,6 +157,19 @@ def _ms(v: float | None) -> str:
 
 
 def table(summ: dict[str, Any]) -> str:
+    lines = _main_lines(summ) if "voice" in summ else []
+    if "soak" in summ:
+        lines += soak.table_lines(summ["soak"])
+    lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")
+    for name, tgt in summ["targets"].items():
+        value = tgt["value"]
+        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[tgt["met"]]
+        lines.append(f"  {name:<40}{shown:>10}  (target {tgt['target']}) {verdict}")
+    return "\n".join(lines)
+
+
+def _main_lines(summ: dict[str, Any]) -> list[str]:
     lines = []
     v = summ["voice"]
     lines.append(f"Voice turns: {v['completed']}/{v['turns']} completed{_capped(v)} (times in ms)")
@@ -197,23 +224,30 @@ def table(summ: dict[str, Any]) -> str:
             f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed{_capped(cs)}, "
             f"p50 {_ms(up['p50'])}, p95 {_ms(up['p95'])}"
         )
-    lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")
-    for name, tgt in summ["targets"].items():
-        value = tgt["value"]
-        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-        verdict = {True: "met", False: "MISSED", None: "n/a"}[tgt["met"]]
-        lines.append(f"  {name:<40}{shown:>10}  (target {tgt['target']}) {verdict}")
-    return "\n".join(lines)
+    return lines
 
 
 def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
+    """One panel per view of the stages that ran: the voice turn's stages and the concurrency levels
+    (main run), the server's RSS over the soak."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    v = summ["voice"]
+    main, soaked = "voice" in summ, "soak" in raw
+    fig, axes = plt.subplots(1, 2 * main + soaked, figsize=(6 * (2 * main + soaked), 5), squeeze=False)
+    if main:
+        _voice_panel(axes[0][0], summ["voice"])
+        _concurrency_panel(axes[0][1], raw["concurrency"])
+    if soaked:
+        soak.chart(axes[0][-1], raw["soak"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _voice_panel(ax: Any, v: dict[str, Any]) -> None:
     server = [(v["stages_s"][n]["p50"] or 0) * 1000 for n, _, _ in STAGES]
     floor = [
         (v["floor_s"]["stt"]["p50"] or 0) * 1000,
@@ -225,24 +259,24 @@ def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
     for col, values in enumerate((server, floor)):
         bottom = 0.0
         for (name, _, _), value, color in zip(STAGES, values, colors, strict=False):
-            left.bar(col, value, bottom=bottom, color=color, label=name if col == 0 else None)
+            ax.bar(col, value, bottom=bottom, color=color, label=name if col == 0 else None)
             bottom += value
-    left.set_xticks([0, 1], ["server (p50 stages)", "floor (engines direct)"])
-    left.set_ylabel("ms after speech_stopped")
-    left.set_title("Voice turn: time to first reply audio")
-    left.legend()
-    levels = list(raw["concurrency"])
+    ax.set_xticks([0, 1], ["server (p50 stages)", "floor (engines direct)"])
+    ax.set_ylabel("ms after speech_stopped")
+    ax.set_title("Voice turn: time to first reply audio")
+    ax.legend()
+
+
+def _concurrency_panel(ax: Any, concurrency: dict[str, Any]) -> None:
+    levels = list(concurrency)
     data = [
-        [s["user_perceived_s"] * 1000 for s in raw["concurrency"][lvl] if s["user_perceived_s"] is not None]
+        [s["user_perceived_s"] * 1000 for s in concurrency[lvl] if s["user_perceived_s"] is not None]
         for lvl in levels
     ]
     if levels:
-        right.boxplot(data, tick_labels=[f"{lvl} session(s)" for lvl in levels])
-    right.set_ylabel("user-perceived latency, ms")
-    right.set_title("Latency by concurrent sessions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        ax.boxplot(data, tick_labels=[f"{lvl} session(s)" for lvl in levels])
+    ax.set_ylabel("user-perceived latency, ms")
+    ax.set_title("Latency by concurrent sessions")
 
 
 def write(raw: dict[str, Any], summ: dict[str, Any], out: Path) -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP pairs, concurrency, report.
+"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP pairs, concurrency, the soak,
+report. ``--soak`` runs the soak alone.
 
 By default the server runs in this process (uvicorn in a thread, over the same engines the floor
 uses); ``--url`` measures a running server instead, with the floor computed on engines loaded here.
@@ -12,6 +13,7 @@ import itertools
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from localrt.app import create_app
 from localrt.bench import http as http_bench
-from localrt.bench import report
+from localrt.bench import report, soak
 from localrt.bench.inputs import Utterance, synthesize
 from localrt.bench.voice import VoiceClient, apply_marks, floor_turn, run_turn
 from localrt.engines import Engines, load_engines
@@ -43,6 +45,19 @@ class BenchConfig:
     out: Path = Path("bench-results")
     warmup: bool = True
     settings: Settings = field(default_factory=lambda: Settings())
+    soak_sessions: int = 8  # 0: no soak stage
+    soak_turns: int = 10
+    soak_turn_timeout_s: float = soak.TURN_TIMEOUT_S
+    soak_only: bool = False
+    server_pid: int | None = None  # with ``url``: a local server's process, for the soak's RSS
+
+    @property
+    def soaks(self) -> bool:
+        return self.soak_sessions > 0 and self.soak_turns > 0
+
+    def soak_pid(self) -> int | str | None:
+        """The server process the soak reads: this one when it serves in-process."""
+        return self.server_pid if self.url else "self"
 
 
 async def _session_turns(url: str, api_key: str | None, utts: list[Utterance]) -> list[dict[str, Any]]:
@@ -64,7 +79,7 @@ async def run(cfg: BenchConfig, engines: Engines | None = None) -> dict[str, Any
     try:
         with contextlib.ExitStack() as stack:
             url = cfg.url or stack.enter_context(serve_in_thread(create_app(cfg.settings, engines)))
-            return await _run(cfg, url, engines)
+            return await (_run_soak if cfg.soak_only else _run)(cfg, url, engines)
     finally:
         if owned:
             await asyncio.to_thread(engines.close)
@@ -74,7 +89,8 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     utts = await synthesize(engines.tts)
     questions = list(itertools.islice(itertools.cycle(utts), cfg.turns))
     conc_turns = sum(level * cfg.turns_per_session for level in cfg.concurrency)
-    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1
+    soak_turns = cfg.soak_sessions * cfg.soak_turns if cfg.soaks else 0
+    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1 + soak_turns
     raw: dict[str, Any] = {
         "machine": report.machine(),
         "url": cfg.url or "in-process",
@@ -160,13 +176,53 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
             results = await asyncio.gather(*(_session_turns(url, cfg.api_key, b) for b in batches))
             raw["concurrency"][str(level)] = [t for session in results for t in session]
             bar.update(1)
+
+        if cfg.soaks:
+            raw["soak"] = await _soak(cfg, url, utts, bar.update)
     raw["config"] = {
         "turns": cfg.turns,
         "http_runs": cfg.http_runs,
         "concurrency": list(cfg.concurrency),
         "turns_per_session": cfg.turns_per_session,
         "concurrency_turns": conc_turns,
+        **_soak_config(cfg),
     }
+    return raw
+
+
+async def _soak(
+    cfg: BenchConfig, url: str, utts: list[Utterance], progress: Callable[[int], object]
+) -> dict[str, Any]:
+    return await soak.run(
+        url,
+        utts,
+        sessions=cfg.soak_sessions,
+        turns=cfg.soak_turns,
+        api_key=cfg.api_key,
+        pid=cfg.soak_pid(),
+        timeout_s=cfg.soak_turn_timeout_s,
+        progress=progress,
+    )
+
+
+def _soak_config(cfg: BenchConfig) -> dict[str, Any]:
+    return {
+        "soak_sessions": cfg.soak_sessions if cfg.soaks else 0,
+        "soak_turns": cfg.soak_turns,
+        "soak_turn_timeout_s": cfg.soak_turn_timeout_s,
+    }
+
+
+async def _run_soak(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
+    """The soak alone (``localrt bench --soak``), after one unrecorded warm-up turn."""
+    utts = await synthesize(engines.tts)
+    raw: dict[str, Any] = {"machine": report.machine(), "url": cfg.url or "in-process"}
+    with tqdm(total=cfg.soak_sessions * cfg.soak_turns + 1, desc="soak", unit="turn") as bar:
+        if cfg.warmup:
+            await run_turn(url, utts[0], cfg.api_key)
+        bar.update(1)
+        raw["soak"] = await _soak(cfg, url, utts, bar.update)
+    raw["config"] = _soak_config(cfg)
     return raw
 
 

@@ -128,7 +128,9 @@ class VoiceClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._ws.close()
 
-    async def turn(self, utt: Utterance, trailing_silence_s: float = 10.0) -> TurnSample:
+    async def turn(
+        self, utt: Utterance, trailing_silence_s: float = 10.0, timeout_s: float = TURN_TIMEOUT_S
+    ) -> TurnSample:
         sample = TurnSample(question=utt.text, session_id=self.session_id)
         clock: dict[str, float] = {}
         done = asyncio.Event()
@@ -180,7 +182,7 @@ class VoiceClient:
 
         sender = asyncio.create_task(send())
         try:
-            await asyncio.wait_for(receive(), TURN_TIMEOUT_S)
+            await asyncio.wait_for(receive(), timeout_s)
         except asyncio.TimeoutError:
             sample.status = "timeout"
         finally:
@@ -189,6 +191,21 @@ class VoiceClient:
         if "last_voiced_sent" in clock and "first_audio_recv" in clock:
             sample.user_perceived_s = clock["first_audio_recv"] - clock["last_voiced_sent"]
         return sample
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Read events up to the next ``response.done`` (a timed-out turn's late reply), so the next turn
+        does not take it for its own; False if none came within ``timeout_s``."""
+
+        async def until_done() -> bool:
+            async for raw in self._ws:
+                if json.loads(raw)["type"] == "response.done":
+                    return True
+            return False
+
+        try:
+            return await asyncio.wait_for(until_done(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
 
     async def server_marks(self, response_id: str) -> dict[str, float]:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:

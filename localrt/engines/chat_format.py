@@ -10,6 +10,8 @@ use its chat handlers, so that every model gets the same tool-calling behaviour:
 - ``tool_choice`` "required" or a named function: the reply is generated after ``<tool_call>`` under a
   GBNF grammar built from the functions' JSON schemas, so even a 135M model emits valid arguments.
 - ``response_format`` json_object / json_schema: the same, with the user's schema.
+
+Schemas become grammars in :mod:`.grammar`, which bounds them first.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ToolPlan:
                 "type": "object",
                 "properties": {
                     "name": {"const": fn["name"]},
-                    "arguments": _object_schema(fn.get("parameters")),
+                    "arguments": parameters_schema(fn.get("parameters")),
                 },
                 "required": ["name", "arguments"],
             }
@@ -63,7 +65,8 @@ class ToolPlan:
         return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def _object_schema(parameters: Any) -> dict[str, Any]:
+def parameters_schema(parameters: Any) -> dict[str, Any]:
+    """The JSON schema of a function's arguments (an object of anything when it declares none)."""
     if not isinstance(parameters, dict) or not parameters:
         return {"type": "object"}
     return parameters
@@ -93,29 +96,20 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, 
     raise InvalidRequest(f"Invalid tool_choice: {choice!r}.", param="tool_choice")
 
 
-def response_grammar(response_format: dict[str, Any] | None) -> Any:
-    """A llama.cpp grammar for ``response_format`` (None for plain text)."""
+def response_schema(response_format: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
+    """The JSON schema ``response_format`` asks for (None for plain text), and the param that holds it."""
     if not response_format or response_format.get("type", "text") == "text":
-        return None
-    import llama_cpp
-
+        return None, "response_format"
     kind = response_format["type"]
     if kind == "json_object":
-        schema: dict[str, Any] = {"type": "object"}
-    elif kind == "json_schema":
+        return {"type": "object"}, "response_format"
+    if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema") or {"type": "object"}
-    else:
-        raise InvalidRequest(
-            f"Invalid response_format type {kind!r}: use 'text', 'json_object' or 'json_schema'.",
-            param="response_format.type",
-        )
-    try:
-        return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except Exception as exc:  # the converter raises assorted errors for schemas it cannot express
-        raise InvalidRequest(
-            f"Unsupported JSON schema in response_format: {exc}", param="response_format.json_schema"
-        ) from exc
+        return spec.get("schema") or {"type": "object"}, "response_format.json_schema.schema"
+    raise InvalidRequest(
+        f"Invalid response_format type {kind!r}: use 'text', 'json_object' or 'json_schema'.",
+        param="response_format.type",
+    )
 
 
 def content_text(content: Any) -> str:

@@ -4,16 +4,19 @@ Design:
 - Each :class:`LLMEngine` owns a single-thread executor. llama.cpp contexts are not thread safe, and the
   executor's FIFO queue is also our fair scheduler: jobs from every HTTP request and realtime session run
   one at a time, in arrival order.
-- A job is a :class:`ChatStream`: a generator run in the worker thread through
-  :class:`~localrt.engines.threaded.ThreadedStream` (the same bridge the speech engines use), which hands
-  each event to the event loop; the event loop never blocks on the model.
+- A job is a :class:`ChatStream` (:mod:`localrt.engines.llm_stream`): a generator run in the worker
+  thread through :class:`~localrt.engines.threaded.ThreadedStream` (the same bridge the speech engines
+  use), which hands each event to the event loop; the event loop never blocks on the model.
 - Cancellation: the stream's stop event (set when the consumer leaves ``async with``, e.g. a
   disconnected client or a barge-in) and :meth:`ChatStream.cancel` are polled by a llama.cpp stopping
   criterion, so the model stops within one token; leaving the stream waits for the worker, so the model
   is free for the next job.
-- Prompts are rendered with the model's own chat template (:mod:`localrt.engines.chat_format`) and
-  tokenized once: that is where the context-length check and the cached-prefix count come from.
-  llama.cpp reuses the KV cache for the longest common prefix with the previous job.
+- Prompts are rendered with the model's own chat template (:mod:`localrt.engines.chat_format`),
+  tokenized once and checked against the context, and schemas become grammars, all in the job itself
+  (:mod:`localrt.engines.llm_prompt`): nothing proportional to a request runs on the event loop.
+  Entering the stream waits until the prompt is ready, so those errors (ContextLengthExceeded, an
+  invalid schema) are raised there, before the first event: a route can still answer them with a
+  plain 400. llama.cpp reuses the KV cache for the longest common prefix with the previous job.
 """
 
 from __future__ import annotations
@@ -22,132 +25,41 @@ import codecs
 import json
 import logging
 import random
-import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from localrt.engines import chat_format
-from localrt.engines.threaded import ThreadedStream
+from localrt.engines.llm_prompt import ChatPrompt, PromptBuilder
+from localrt.engines.llm_stream import (
+    ChatResult,
+    ChatStream,
+    Event,
+    Ready,
+    SamplingParams,
+    Stopped,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+)
 from localrt.errors import ContextLengthExceeded, InvalidRequest, ServerError
 from localrt.settings import Settings
 from localrt.text.stops import StopMatcher
 
+__all__ = [
+    "ChatResult",
+    "ChatStream",
+    "LLMEngine",
+    "SamplingParams",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
+]
+
 logger = logging.getLogger(__name__)
-
-
-# --- public data types ----------------------------------------------------------------------------------
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-
-
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class ToolCallDelta:
-    index: int
-    id: str
-    name: str
-    arguments: str  # the next piece of the JSON text
-
-
-@dataclass
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # the whole JSON text
-
-
-@dataclass
-class ChatResult:
-    text: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-
-Event = TextDelta | ToolCallDelta
-Stopped = Callable[[], bool]
-# A job's body: runs in the worker thread, yields events and finally exactly one ChatResult.
-Work = Callable[[Stopped], Iterator["Event | ChatResult"]]
-
-
-# --- the job --------------------------------------------------------------------------------------------
-class ChatStream:
-    """One generation, consumed on the event loop: ``async with s: async for event in s: ...``.
-
-    ``result`` is set once iteration ends. The job starts when the ``async with`` is entered; leaving it
-    early stops generation within a token and waits for the worker.
-    """
-
-    def __init__(self, engine: LLMEngine, work: Work) -> None:
-        self._engine = engine
-        self._work = work
-        self._cancel = threading.Event()
-        self._stream: ThreadedStream[Event | ChatResult] | None = None
-        self.result = ChatResult()
-
-    def cancel(self) -> None:
-        """Stop generating at the next token (thread safe, idempotent)."""
-        self._cancel.set()
-
-    async def __aenter__(self) -> ChatStream:
-        engine, work, cancel = self._engine, self._work, self._cancel  # no reference to self in the worker
-
-        def produce(stop: threading.Event) -> Iterator[Event | ChatResult]:
-            def stopped() -> bool:
-                return stop.is_set() or cancel.is_set()
-
-            if stopped():
-                return
-            engine.running = True
-            try:
-                yield from work(stopped)
-            finally:
-                engine.running = False
-
-        self._stream = ThreadedStream(engine._executor, produce)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._cancel.set()
-        if self._stream is not None:
-            await self._stream.aclose()
-
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._stream is None:
-            raise RuntimeError("enter the stream with `async with` before iterating it")
-        while True:
-            item = await self._stream.__anext__()
-            if isinstance(item, ChatResult):
-                self.result = item
-                continue
-            return item
 
 
 # --- the engine -----------------------------------------------------------------------------------------
@@ -160,7 +72,7 @@ class LLMEngine:
         self.llama = llama
         self.n_ctx: int = llama.n_ctx()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llm-{model_id}")
-        self._formatter = chat_format.ChatFormatter.from_llama(llama)
+        self._prompts = PromptBuilder(llama, chat_format.ChatFormatter.from_llama(llama))
         self.running = False  # a job is generating right now (read by /health and tests)
 
     @classmethod
@@ -205,40 +117,49 @@ class LLMEngine:
         tool_choice: str | dict[str, Any] | None = None,
         response_format: dict[str, Any] | None = None,
         params: SamplingParams | None = None,
+        truncate_history: bool = False,
     ) -> ChatStream:
-        """Stream a chat reply. Raises ContextLengthExceeded (at once) if the prompt does not fit."""
+        """Stream a chat reply. Entering the stream raises ContextLengthExceeded if the prompt does not
+        fit, or InvalidRequest for a schema no grammar can be made of. With ``truncate_history`` the
+        oldest whole turns are dropped instead until the conversation fits (the system prompt stays).
+        ``messages`` must not change until the stream is entered: the worker renders it.
+        """
         params = params or SamplingParams()
-        plan = chat_format.plan_tools(tools, tool_choice)
-        prompt = self._formatter.render(messages, plan)
-        tokens = self._tokenize_prompt(prompt.text, prompt.added_special)
-        grammar = chat_format.response_grammar(response_format) if plan.mode == "off" else None
-        stop = [*params.stop, *prompt.stop]
-        return ChatStream(self, lambda stopped: self._chat(stopped, tokens, stop, plan, grammar, params))
+        plan = chat_format.plan_tools(tools, tool_choice)  # cheap, and its errors are the caller's
 
-    def complete(self, prompt: str, params: SamplingParams) -> ChatStream:
-        """Stream a raw completion of ``prompt`` (the legacy completions API)."""
-        tokens = self._tokenize_prompt(prompt, added_special=False)
+        def work(stopped: Stopped) -> Iterator[Ready | Event | ChatResult]:
+            prompt = self._prompts.chat(
+                messages,
+                tools=tools,
+                plan=plan,
+                response_format=response_format,
+                max_tokens=params.max_tokens,
+                truncate=truncate_history,
+                stopped=stopped,
+            )
+            yield Ready()
+            yield from self._chat(stopped, prompt, plan, params)
 
-        def work(stopped: Stopped) -> Iterator[Event | ChatResult]:
+        return ChatStream(self, work)
+
+    def complete(self, prompt: str | list[int], params: SamplingParams) -> ChatStream:
+        """Stream a raw completion of ``prompt``, text or token ids (the legacy completions API).
+
+        Entering the stream raises ContextLengthExceeded, or InvalidRequest for a token id outside the
+        vocabulary; then ``prompt_text`` is the prompt as text.
+        """
+
+        def work(stopped: Stopped) -> Iterator[Ready | Event | ChatResult]:
+            tokens, text = self._prompts.completion(prompt)
+            yield Ready(prompt_text=text)
             result = ChatResult(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
             pieces = self._generate(tokens, params, params.stop, None, stopped)
-            text, result.finish_reason, result.completion_tokens = yield from _as_text_deltas(pieces)
-            result.text = text
+            result.text, result.finish_reason, result.completion_tokens = yield from _as_text_deltas(pieces)
             yield result
 
         return ChatStream(self, work)
 
     # -- worker-thread internals --------------------------------------------------------------------------
-    def _tokenize_prompt(self, text: str, added_special: bool) -> list[int]:
-        tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
-        if len(tokens) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, your messages "
-                f"resulted in {len(tokens)} tokens. Please reduce the length of the messages.",
-                param="messages",
-            )
-        return tokens
-
     def _cached_prefix(self, tokens: list[int]) -> int:
         """How many leading prompt tokens llama.cpp will reuse from its KV cache."""
         n = 0
@@ -316,19 +237,15 @@ class LLMEngine:
         return "".join(parts), finish, generated
 
     def _chat(
-        self,
-        stopped: Stopped,
-        tokens: list[int],
-        stop: list[str],
-        plan: chat_format.ToolPlan,
-        grammar: Any,
-        params: SamplingParams,
+        self, stopped: Stopped, prompt: ChatPrompt, plan: chat_format.ToolPlan, params: SamplingParams
     ) -> Iterator[Event | ChatResult]:
+        tokens = prompt.tokens
         result = ChatResult(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
         if plan.mode == "forced":
-            yield from self._tool_call(stopped, tokens, plan, params, result)
+            yield from self._tool_call(stopped, prompt, params, result)
             return
-        pieces = self._generate(tokens, params, stop, grammar, stopped)
+        stop = [*params.stop, *prompt.stop]
+        pieces = self._generate(tokens, params, stop, prompt.grammar, stopped)
         if plan.mode == "auto":
             # Generate freely, holding back the first characters; if the model opens a tool call, stop
             # and redo the call under the grammar so its arguments are valid JSON for the schema. Text
@@ -337,7 +254,7 @@ class LLMEngine:
             pieces = watcher.watch(pieces)
             text, finish, n = yield from _as_text_deltas(pieces)
             if watcher.is_call:
-                yield from self._tool_call(stopped, tokens, plan, params, result)
+                yield from self._tool_call(stopped, prompt, params, result)
                 return
         else:
             text, finish, n = yield from _as_text_deltas(pieces)
@@ -345,28 +262,20 @@ class LLMEngine:
         yield result
 
     def _tool_call(
-        self,
-        stopped: Stopped,
-        tokens: list[int],
-        plan: chat_format.ToolPlan,
-        params: SamplingParams,
-        result: ChatResult,
+        self, stopped: Stopped, prompt: ChatPrompt, params: SamplingParams, result: ChatResult
     ) -> Iterator[Event | ChatResult]:
         """Generate one call after ``<tool_call>`` under the grammar of the callable functions."""
-        import llama_cpp
-
         prefix = self.llama.tokenize(chat_format.TOOL_CALL_OPEN.encode(), add_bos=False, special=True)
-        call_tokens = tokens + prefix
+        call_tokens = prompt.tokens + prefix
         if len(call_tokens) >= self.n_ctx:
             raise ContextLengthExceeded("The conversation leaves no room for a tool call.", param="messages")
-        grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(plan.call_schema()), verbose=False)
         call_params = SamplingParams(
             max_tokens=params.max_tokens,
             temperature=min(params.temperature, 0.7),
             top_p=params.top_p,
             seed=params.seed,
         )
-        pieces = self._generate(call_tokens, call_params, [], grammar, stopped)
+        pieces = self._generate(call_tokens, call_params, [], prompt.call_grammar, stopped)
         text, finish, n = _run_to_end(pieces)
         if stopped():
             return

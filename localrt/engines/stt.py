@@ -3,7 +3,8 @@
 The model is always a LOCAL CTranslate2 folder (the embedded tiny.en, a folder under ``models_dir`` or
 a path): given anything else faster-whisper would try to download from a hub, which we never do.
 Decoding happens while faster-whisper's lazy ``segments`` generator is iterated, so both the call to
-``transcribe`` and the iteration run in this engine's worker thread (see :mod:`.threaded`).
+``transcribe`` and the iteration run in this engine's worker thread (see :mod:`.threaded`). Closing a
+stream stops the job within one native call, even inside a 30 s window (see :mod:`.stt_bounds`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from localrt.catalog import EMBEDDED_STT_ID, Catalog
+from localrt.engines.stt_bounds import Stopped, StopSignal, bound, max_new_tokens
 from localrt.engines.threaded import ThreadedStream
 from localrt.errors import APIError, InvalidRequest, ModelNotFound, ServerError
 from localrt.settings import Settings
@@ -134,6 +136,11 @@ class WhisperEngine:
         self.device = device
         self.compute_type = compute_type
         self._model = model
+        # The running job's stop event, checked before each native call of a faster-whisper model
+        # (stand-ins without its CTranslate2 model and feature extractor are left as they are).
+        self._stop_signal = StopSignal()
+        if hasattr(model, "model") and hasattr(model, "feature_extractor"):
+            bound(model, self._stop_signal)
         # One worker: CTranslate2 runs one generation per model replica at a time anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stt-{model_id}")
 
@@ -237,22 +244,28 @@ class WhisperEngine:
         if not 0.0 <= temperature <= 1.0:
             raise InvalidRequest("temperature must be between 0 and 1.", param="temperature")
         # OpenAI: temperature 0 means "start greedy, raise the temperature on failure".
+        # (Closing the stream stops the fallback between two tries: see stt_bounds.)
         temperatures: Any = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if temperature == 0 else temperature
         model = self._model
+        signal = self._stop_signal
 
         def produce(stop: threading.Event) -> Iterator[_Info | Segment]:
             try:
-                segments, info = model.transcribe(
-                    audio,
-                    language=language,
-                    task=task,
-                    initial_prompt=prompt or None,
-                    temperature=temperatures,
-                    word_timestamps=word_timestamps,
-                )
-                yield _Info(info.language, float(info.duration))
-                for seg in segments:  # decoding happens here, in the worker thread
-                    yield _segment(seg)
+                with signal.watching(stop):
+                    segments, info = model.transcribe(
+                        audio,
+                        language=language,
+                        task=task,
+                        initial_prompt=prompt or None,
+                        temperature=temperatures,
+                        word_timestamps=word_timestamps,
+                        max_new_tokens=max_new_tokens(model),
+                    )
+                    yield _Info(info.language, float(info.duration))
+                    for seg in segments:  # decoding happens here, in the worker thread
+                        yield _segment(seg)
+            except Stopped:
+                return  # the stream was closed: nobody is waiting for the rest
             except APIError:
                 raise
             except Exception as exc:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from localrt.errors import InvalidRequest, MissingParameter
 from localrt.realtime import formats
 from localrt.realtime import wire_config as w
-from localrt.realtime.events import Dialect, validation_error
+from localrt.realtime.events import Dialect, shown, validation_error
 from localrt.realtime.formats import AudioFormat
 
 SessionType = Literal["realtime", "transcription"]
@@ -182,7 +182,7 @@ def _render_beta(cfg: SessionConfig) -> dict[str, Any]:
         "model": cfg.model,
         "modalities": ["text", "audio"] if cfg.audio_output else ["text"],
         "instructions": cfg.instructions,
-        "voice": cfg.voice,
+        "voice": cfg.voice_name,  # beta types take a name only, not GA's {"id": ...}
         "speed": cfg.speed,
         "output_audio_format": cfg.output_format.name,
         **common,
@@ -210,6 +210,11 @@ def _merge(base: Any, update: Any) -> Any:
     return update
 
 
+def _plain(value: Any) -> Any:
+    """A wire value as plain JSON data (a string literal stays as it is)."""
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
 def _dump(model: BaseModel | None) -> Any:
     return None if model is None else model.model_dump(exclude_none=False)
 
@@ -226,7 +231,7 @@ def apply_update(
             raise MissingParameter("Missing required parameter: 'session.type'.", param="session.type")
         if update["type"] not in ("realtime", "transcription"):
             raise InvalidRequest(
-                f"Invalid value: {update['type']!r}. Supported values are: 'realtime' and 'transcription'.",
+                f"Invalid value: {shown(update['type'])}. Supported values are: 'realtime' and 'transcription'.",
                 param="session.type",
             )
         if update["type"] != cfg.type:
@@ -298,7 +303,12 @@ def tool_choice_dict(wire: str | w.ToolChoiceFunction) -> str | dict[str, Any]:
 def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
     extras = dict(cfg.extras)
     if isinstance(p, w.GASession):
-        extras.update(tracing=p.tracing, truncation=p.truncation, prompt=p.prompt, include=p.include)
+        extras.update(
+            tracing=_plain(p.tracing),
+            truncation=_plain(p.truncation),
+            prompt=_plain(p.prompt),
+            include=p.include,
+        )
         a_in, a_out = p.audio.input, p.audio.output
         return replace(
             cfg,
@@ -328,7 +338,12 @@ def _from_wire(cfg: SessionConfig, p: BaseModel) -> SessionConfig:
             extras=extras,
         )
     if isinstance(p, w.BetaSession):
-        extras.update(tracing=p.tracing, truncation=p.truncation, prompt=p.prompt, include=p.include)
+        extras.update(
+            tracing=_plain(p.tracing),
+            truncation=_plain(p.truncation),
+            prompt=_plain(p.prompt),
+            include=p.include,
+        )
         return replace(
             cfg,
             instructions=p.instructions,

@@ -5,23 +5,35 @@ Items are dataclasses; the wire shapes (GA ``output_text`` vs beta ``text``) exi
 clip's own rate (16 kHz for user audio, the output format's rate for the assistant's), plus, for the
 assistant, the text span each synthesized clause occupies, so ``conversation.item.truncate`` can cut the
 transcript to what was actually heard.
+
+**Bounds** (:class:`Limits`, from the session's settings): the number of items, and the bytes they hold
+in total (:meth:`Item.nbytes`: characters of text plus bytes of int16 audio). A client's
+``conversation.item.create`` over a bound is refused (:meth:`Conversation.add`; old audio that was only
+kept for ``conversation.item.retrieve`` is forgotten first, transcripts stay). Items the server makes
+(committed turns, assistant replies) are never refused: like OpenAI's ``truncation``, the oldest items are
+dropped to make room (their audio first, then whole items), without events; a later retrieve of one gets
+``item_not_found``. Every removal, deletion included, calls ``on_remove`` (the session stops the item's
+transcription there, so nothing keeps its audio alive).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from localrt.audio.pcm import float32_to_int16, int16_to_float32
-from localrt.audio.resample import resample
+from localrt.audio.resample import StreamResampler
 from localrt.errors import InvalidRequest
 from localrt.realtime import events as ev
-from localrt.realtime.events import Dialect, new_id
+from localrt.realtime.events import Dialect, new_id, shown
 from localrt.realtime.formats import AudioFormat
+
+logger = logging.getLogger(__name__)
 
 ItemType = Literal["message", "function_call", "function_call_output"]
 STT_RATE = 16000
@@ -96,7 +108,7 @@ class Content:
     # input audio waiting for Whisper: set once ``transcript`` is final (or transcription failed)
     transcribed: asyncio.Event | None = field(default=None, repr=False)
 
-    def to_wire(self, dialect: Dialect, fmt: AudioFormat | None) -> dict[str, Any]:
+    def to_wire(self, dialect: Dialect) -> dict[str, Any]:
         kind = self.type
         if dialect == "beta":
             kind = {"output_text": "text", "output_audio": "audio"}.get(kind, kind)
@@ -104,20 +116,11 @@ class Content:
         if self.type in ("input_text", "output_text"):
             out["text"] = self.text or ""
         elif self.type in ("input_audio", "output_audio"):
-            if fmt is not None and self.audio is not None:
-                out["audio"] = fmt.encode(_to_rate(self.audio, fmt.rate))
-            out["transcript"] = self.transcript
+            out["transcript"] = self.transcript  # audio bytes only in retrieve (see .budget.retrieved)
         elif self.type == "input_image":
             out["image_url"] = self.image_url
             out["detail"] = self.detail
         return out
-
-
-def _to_rate(clip: AudioClip, rate: int) -> np.ndarray:
-    samples = clip.samples()
-    if clip.rate == rate:
-        return samples
-    return resample(samples, clip.rate, rate).astype(np.int16)
 
 
 @dataclass
@@ -132,8 +135,8 @@ class Item:
     arguments: str | None = None
     output: str | None = None
 
-    def to_wire(self, dialect: Dialect, *, audio: AudioFormat | None = None) -> dict[str, Any]:
-        """The item as the client sees it; audio bytes only when ``audio`` (the format) is given."""
+    def to_wire(self, dialect: Dialect) -> dict[str, Any]:
+        """The item as the client sees it (without audio bytes)."""
         out: dict[str, Any] = {
             "id": self.id,
             "object": "realtime.item",
@@ -142,7 +145,7 @@ class Item:
         }
         if self.type == "message":
             out["role"] = self.role
-            out["content"] = [c.to_wire(dialect, audio) for c in self.content]
+            out["content"] = [c.to_wire(dialect) for c in self.content]
         elif self.type == "function_call":
             out.update(call_id=self.call_id, name=self.name, arguments=self.arguments or "")
         else:
@@ -159,12 +162,31 @@ class Item:
             c.transcribed for c in self.content if c.transcribed is not None and not c.transcribed.is_set()
         ]
 
+    def nbytes(self) -> int:
+        """What the item holds: characters of text plus bytes of int16 audio."""
+        n = sum(len(x) for x in (self.call_id, self.name, self.arguments, self.output) if x)
+        for c in self.content:
+            n += len(c.text or "") + len(c.transcript or "") + len(c.image_url or "")
+            if c.audio is not None:
+                n += 2 * c.audio.n_samples
+        return n
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one conversation may hold (``realtime_max_items`` / ``realtime_max_session_bytes``)."""
+
+    items: int = 1024
+    total_bytes: int = 128 * 1024 * 1024
+
 
 class Conversation:
     """The default conversation of a session: items in order, addressable by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None, on_remove: Callable[[Item], None] | None = None) -> None:
         self.id = new_id("conv")
+        self.limits = limits or Limits()
+        self.on_remove = on_remove
         self._items: list[Item] = []
         self._by_id: dict[str, Item] = {}
 
@@ -181,14 +203,41 @@ class Conversation:
         item = self._by_id.get(item_id)
         if item is None:
             raise InvalidRequest(
-                f"Item with item_id '{item_id}' not found.", param=param, code="item_not_found"
+                f"Item with item_id {shown(item_id)} not found.", param=param, code="item_not_found"
             )
         return item
+
+    def nbytes(self) -> int:
+        return sum(item.nbytes() for item in self._items)
+
+    def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """:meth:`insert` a client's item; an APIError (param ``item``) if it would pass a bound."""
+        if len(self._items) >= self.limits.items:
+            raise InvalidRequest(
+                f"The conversation already holds {len(self._items)} items, this server's limit "
+                "(--realtime-max-items). Delete items with conversation.item.delete first.",
+                code="conversation_too_many_items",
+                param="item",
+            )
+        excess = self.nbytes() + item.nbytes() - self.limits.total_bytes
+        if excess > 0:
+            forgettable = sum(2 * c.audio.n_samples for c in self._forgettable_audio(None) if c.audio)
+            if forgettable < excess:
+                raise InvalidRequest(
+                    f"This item ({item.nbytes()} bytes) would make the conversation hold more than this "
+                    f"server's limit of {self.limits.total_bytes} bytes (--realtime-max-session-bytes). "
+                    "Delete items with conversation.item.delete first.",
+                    code="conversation_too_large",
+                    param="item",
+                )
+            self._forget_audio(excess, None)
+        return self.insert(item, previous_item_id)
 
     def insert(self, item: Item, previous_item_id: str | None = None) -> str | None:
         """Append ``item`` (or put it after ``previous_item_id``; ``"root"`` = first).
 
-        Returns the id of the item now before it (None when it is first).
+        Returns the id of the item now before it (None when it is first). Past a bound, the oldest items
+        make room (see the module docstring).
         """
         if item.id in self._by_id:
             raise InvalidRequest(f"Item with id '{item.id}' already exists.", param="item.id")
@@ -202,7 +251,40 @@ class Conversation:
         self._items.insert(index, item)
         self._by_id[item.id] = item
         self._forget_old_audio()
+        self._make_room(item)
+        index = self._items.index(item)
         return self._items[index - 1].id if index > 0 else None
+
+    def _make_room(self, keep: Item) -> None:
+        total = self.nbytes()
+        if total > self.limits.total_bytes:
+            total -= self._forget_audio(total - self.limits.total_bytes, keep)
+        while len(self._items) > self.limits.items or total > self.limits.total_bytes:
+            victim = next((i for i in self._items if i is not keep), None)
+            if victim is None:
+                return
+            logger.info("conversation %s full: dropping its oldest item %s", self.id, victim.id)
+            total -= victim.nbytes()
+            self._remove(victim)
+
+    def _forgettable_audio(self, keep: Item | None) -> list[Content]:
+        """Audio parts, oldest first, whose bytes only serve retrieve (transcribed, not being written)."""
+        return [
+            c
+            for i in self._items
+            if i is not keep and i.status != "in_progress"
+            for c in i.content
+            if c.audio is not None and c.audio.n_samples and (c.transcribed is None or c.transcribed.is_set())
+        ]
+
+    def _forget_audio(self, need: int, keep: Item | None) -> int:
+        freed = 0
+        for content in self._forgettable_audio(keep):
+            if freed >= need or content.audio is None:
+                break
+            freed += 2 * content.audio.n_samples
+            content.audio = None
+        return freed
 
     def _forget_old_audio(self) -> None:
         """Keep the audio bytes of the last ``KEEP_AUDIO_ITEMS`` audio items only (memory stays bounded
@@ -218,9 +300,13 @@ class Conversation:
         return self._items[index - 1].id if index > 0 else None
 
     def delete(self, item_id: str) -> None:
-        item = self.get(item_id)
+        self._remove(self.get(item_id))
+
+    def _remove(self, item: Item) -> None:
         self._items.remove(item)
-        del self._by_id[item_id]
+        del self._by_id[item.id]
+        if self.on_remove is not None:
+            self.on_remove(item)
 
     def has_call(self, call_id: str) -> bool:
         return any(i.type == "function_call" and i.call_id == call_id for i in self._items)
@@ -243,7 +329,7 @@ def item_from_param(
     if isinstance(param, ev.FunctionCallOutputItem):
         if conversation is not None and not conversation.has_call(param.call_id):
             raise InvalidRequest(
-                f"Tool call output with call_id '{param.call_id}' has no matching function call in the "
+                f"Tool call output with call_id {shown(param.call_id)} has no matching function call in the "
                 "conversation.",
                 param=f"{where}.call_id",
             )
@@ -273,15 +359,21 @@ def _content(part: Any, input_format: AudioFormat, where: str) -> Content:
         return Content("input_text", text=part.text)
     if part.type == "input_image":
         return Content("input_image", image_url=part.image_url, detail=part.detail)
-    clip = None
-    if part.audio is not None:
-        samples = input_format.decode(part.audio, param=f"{where}.audio")
-        clip = AudioClip(STT_RATE)
-        clip.append(float32_to_int16(resample(int16_to_float32(samples), input_format.rate, STT_RATE)))
+    clip = decode_clip(part.audio, input_format, f"{where}.audio") if part.audio is not None else None
     content = Content("input_audio", transcript=part.transcript, audio=clip)
     if part.transcript is None and clip is not None:
         content.transcribed = asyncio.Event()  # the session transcribes it
     return content
+
+
+def decode_clip(b64: str, fmt: AudioFormat, param: str) -> AudioClip:
+    """Client audio -> a 16 kHz int16 clip, piece by piece (no full-length float copy)."""
+    clip = AudioClip(STT_RATE)
+    resampler = StreamResampler(fmt.rate, STT_RATE, dtype=np.int16)
+    for piece in fmt.decode_chunks(b64, param=param):
+        clip.append(resampler.process(piece))
+    clip.append(resampler.process(np.zeros(0, np.int16), last=True))
+    return clip
 
 
 # --- items -> chat messages -------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ Handshake rules (protocol §1), all decided before the first event:
   an unknown one gets ``invalid_model`` and close 4000. ``?intent=transcription`` opens a
   transcription-only session, which needs no model.
 
+- **Guard** (before any of the above, :mod:`.handshake_guard`): a browser ``Origin`` outside
+  ``realtime_allowed_origins`` gets HTTP 403, and a client past ``realtime_max_sessions_per_ip`` or
+  a server past ``realtime_max_sessions`` gets HTTP 503 with ``Retry-After``, both as OpenAI-shaped
+  JSON before the upgrade (close code 1008 after accepting on a server without denial responses).
+
 uvicorn answers pings and enforces the message size limit: run it with ``ws_max_size`` of at least
 16 MiB (an append may carry 15 MiB of audio).
 """
@@ -27,7 +32,9 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from localrt.api.common import error_response
 from localrt.errors import APIError, AuthenticationError, InvalidRequest, ModelNotFound, ServerError
+from localrt.realtime import handshake_guard
 from localrt.realtime.events import Dialect
 from localrt.realtime.server_events import ServerEvents
 from localrt.realtime.session import RealtimeSession
@@ -38,6 +45,7 @@ KEY_SUBPROTOCOL = "openai-insecure-api-key."
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 CLOSE_AUTH = 3000
 CLOSE_REQUEST = 4000
+CLOSE_POLICY = 1008
 
 
 def _dialect(ws: WebSocket, offered: list[str]) -> Dialect:
@@ -65,15 +73,46 @@ async def _refuse(
     await ws.close(code=close_code, reason=f"{err.type}.{code or err.code}"[:120])
 
 
+async def _deny(ws: WebSocket, events: ServerEvents, err: APIError) -> None:
+    """Refuse before the upgrade: an HTTP error response (403, or 503 with ``Retry-After``) where the
+    server supports ASGI's denial-response extension (uvicorn does), else close 1008 after accepting."""
+    if "websocket.http.response" in (ws.scope.get("extensions") or {}):
+        await ws.send_denial_response(error_response(err))
+        return
+    await ws.accept()
+    await _refuse(ws, events, err, CLOSE_POLICY)
+
+
 async def realtime_endpoint(ws: WebSocket) -> None:
     state = ws.app.state
     settings: Any = getattr(state, "settings", None)
-    engines: Any = getattr(state, "engines", None)
     offered: list[str] = list(ws.scope.get("subprotocols") or [])
-    dialect = _dialect(ws, offered)
     intent = ws.query_params.get("intent")
+    events = ServerEvents(_dialect(ws, offered), transcription=intent == "transcription")
+    refusal = handshake_guard.check_origin(ws.headers.get("origin"), ws.headers.get("host"), settings)
+    if refusal is not None:
+        logger.info("realtime handshake refused: %s", refusal.message)
+        await _deny(ws, events, refusal)
+        return
+    slots = handshake_guard.slots_of(state)
+    ip = ws.client.host if ws.client is not None else "unknown"
+    full = slots.acquire(ip)
+    if full is not None:
+        logger.info("realtime handshake from %s refused: %s", ip, full.code)
+        await _deny(ws, events, full)
+        return
+    try:
+        await _open_session(ws, events, offered, intent)
+    finally:
+        slots.release(ip)
+
+
+async def _open_session(ws: WebSocket, events: ServerEvents, offered: list[str], intent: str | None) -> None:
+    state = ws.app.state
+    settings: Any = getattr(state, "settings", None)
+    engines: Any = getattr(state, "engines", None)
+    dialect = events.dialect
     transcription = intent == "transcription"
-    events = ServerEvents(dialect, transcription=transcription)
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
 
     expected = settings.api_key.get_secret_value() if settings is not None and settings.api_key else None
@@ -120,6 +159,7 @@ async def realtime_endpoint(ws: WebSocket) -> None:
         model=requested or llm_model,
         llm_model=llm_model,
         timing_log=getattr(state, "timings", None),
+        settings=settings,
     )
     await session.run()
 

@@ -9,6 +9,12 @@ location alongside the input, which also drops the union tags pydantic inserts i
 Nested objects whose shape depends on the GA/beta dialect (``session.update.session``,
 ``response.create.response``) are kept as plain dicts here and validated by :mod:`.config`, which
 knows the dialect; items are dialect-neutral (both ``output_text`` and beta ``text`` are accepted).
+
+Everything a client sends may be echoed back (ids, texts, instructions, metadata), so a frame is refused
+whole, as ``invalid_json``, when it could not be echoed safely: a lone UTF-16 surrogate (``"\\ud800"`` is
+valid JSON but not encodable text), ``NaN``/``Infinity`` (not JSON for other parsers), or nesting deeper
+than :data:`MAX_DEPTH`. Client values quoted in error messages are clipped (:func:`shown`), so an error
+event stays small whatever the client sent.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from localrt.errors import APIError, InvalidRequest, MissingParameter
 
 Dialect = Literal["ga", "beta"]
+
+MAX_DEPTH = 128  # nesting of a client frame: far above any real event, far below the recursion limit
+MAX_ECHO_CHARS = 512  # of a client's event_id, when it is echoed in an error
+MAX_PARAM_CHARS = 256  # of a param path built from the client's keys
 
 
 def new_id(prefix: str) -> str:
@@ -211,25 +221,97 @@ SUPPORTED_TYPES: dict[Dialect, tuple[str, ...]] = {
 
 # --- parsing ------------------------------------------------------------------------------------------------
 def event_id_of(raw: Any) -> str | None:
-    """The client's ``event_id``, if it sent a usable one (for echoing in an error)."""
+    """The client's ``event_id``, if it sent a usable one, made safe to echo in an error."""
     if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
-        return raw["event_id"]
+        return safe_text(raw["event_id"], MAX_ECHO_CHARS)
     return None
+
+
+def safe_text(text: str, limit: int) -> str:
+    """``text`` clipped to ``limit`` characters, any lone surrogate written as its ``\\uXXXX`` escape."""
+    text = text[:limit]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` for an error message, clipped: client values can be megabytes long."""
+    if isinstance(value, str):
+        value = value[: limit + 1]  # the repr of the whole would copy megabytes
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return safe_text(text, limit + 1)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def decode_frame(text: str) -> dict[str, Any]:
     """JSON text -> an object with a ``type``; raises ``invalid_json`` / ``invalid_event``."""
+    return check_frame(load_json(text), text)
+
+
+def load_json(text: str) -> Any:
+    """JSON text -> a value; ``invalid_json`` for bad syntax, ``NaN``/``Infinity`` or extreme depth."""
     try:
-        raw = json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidRequest(
+            f"The server failed to parse the event as JSON: nested more than {MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        ) from None
     except ValueError as exc:
         raise InvalidRequest(
             f"The server failed to parse the event as JSON: {exc}.", code="invalid_json"
         ) from exc
+
+
+def check_frame(raw: Any, text: str) -> dict[str, Any]:
+    """A decoded frame (``text``: its JSON) that is safe to echo and an object with a ``type``."""
+    _check_echoable(raw, surrogates="\\u" in text)
     if not isinstance(raw, dict):
         raise InvalidRequest("The event must be a JSON object.", code="invalid_event")
     if "type" not in raw:
         raise InvalidRequest("The event is missing the 'type' field.", code="invalid_event", param="type")
     return raw
+
+
+def _check_echoable(raw: Any, *, surrogates: bool) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH` and (when the text had ``\\u`` escapes) lone surrogates.
+
+    Iterative, so no depth of client data can exhaust the stack here.
+    """
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_DEPTH:
+                raise InvalidRequest(
+                    f"The server failed to parse the event as JSON: nested more than {MAX_DEPTH} levels "
+                    "deep.",
+                    code="invalid_json",
+                )
+            values = node.values() if isinstance(node, dict) else node
+            stack.extend((v, depth + 1) for v in values)
+            if surrogates and isinstance(node, dict):
+                stack.extend((k, depth) for k in node)
+        elif surrogates and isinstance(node, str) and not node.isascii() and not _encodable(node):
+            raise InvalidRequest(
+                "The server failed to parse the event as JSON: it contains a lone UTF-16 surrogate "
+                "(an unpaired \\ud800-\\udfff escape), which is not valid Unicode text.",
+                code="invalid_json",
+            )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_client_event(raw: dict[str, Any], dialect: Dialect) -> Any:
@@ -239,7 +321,9 @@ def parse_client_event(raw: dict[str, Any], dialect: Dialect) -> Any:
     if not isinstance(kind, str) or kind not in supported:
         listed = ", ".join(f"'{t}'" for t in supported)
         raise InvalidRequest(
-            f"Invalid value: {kind!r}. Supported values are: {listed}.", code="invalid_value", param="type"
+            f"Invalid value: {shown(kind)}. Supported values are: {listed}.",
+            code="invalid_value",
+            param="type",
         )
     try:
         return CLIENT_EVENTS.validate_python(raw)
@@ -252,6 +336,7 @@ def validation_error(exc: ValidationError, data: Any, prefix: str = "") -> APIEr
     # Of a union's alternatives, report the one that got furthest into the client's data.
     candidates = [(*_param_path(e["loc"], data, prefix), e) for e in exc.errors(include_url=False)]
     param, _, err = max(candidates, key=lambda c: c[1])
+    param = safe_text(param, MAX_PARAM_CHARS)
     kind = err["type"]
     value = err.get("input")
     if kind == "extra_forbidden":
@@ -263,14 +348,16 @@ def validation_error(exc: ValidationError, data: Any, prefix: str = "") -> APIEr
         tag = str(ctx.get("discriminator", "'type'")).strip("'")
         param = f"{param}.{tag}" if param else tag
         return InvalidRequest(
-            f"Invalid value: {ctx.get('tag')!r}. Supported values are: {ctx.get('expected_tags', '')}.",
+            f"Invalid value: {shown(ctx.get('tag'))}. Supported values are: {ctx.get('expected_tags', '')}.",
             code="invalid_value",
             param=param,
         )
     if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         return InvalidRequest(
-            f"Invalid value: {value!r}. Supported values are: {expected}.", code="invalid_value", param=param
+            f"Invalid value: {shown(value)}. Supported values are: {expected}.",
+            code="invalid_value",
+            param=param,
         )
     if kind == "union_tag_not_found":
         tag = err.get("ctx", {}).get("discriminator", "'type'").strip("'")
@@ -280,13 +367,17 @@ def validation_error(exc: ValidationError, data: Any, prefix: str = "") -> APIEr
         limit = err.get("ctx", {}).get("ge", err.get("ctx", {}).get("gt"))
         code = "integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value"
         return InvalidRequest(
-            f"Invalid '{param}': {value!r} is below the minimum value of {limit}.", code=code, param=param
+            f"Invalid '{param}': {shown(value)} is below the minimum value of {limit}.",
+            code=code,
+            param=param,
         )
     if kind in ("less_than_equal", "less_than"):
         limit = err.get("ctx", {}).get("le", err.get("ctx", {}).get("lt"))
         code = "integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value"
         return InvalidRequest(
-            f"Invalid '{param}': {value!r} is above the maximum value of {limit}.", code=code, param=param
+            f"Invalid '{param}': {shown(value)} is above the maximum value of {limit}.",
+            code=code,
+            param=param,
         )
     if kind in ("string_too_long", "too_long"):
         return InvalidRequest(

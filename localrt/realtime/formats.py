@@ -8,13 +8,14 @@ callers with streaming resamplers, so a format change between turns only swaps t
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from localrt.audio import g711, pcm
+from localrt.errors import InvalidRequest
 
 FormatName = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
@@ -34,6 +35,26 @@ class AudioFormat:
         if self.bytes_per_sample == 2:
             return pcm.bytes_to_int16(data, param=param)
         return self._decode(data)
+
+    def decode_chunks(self, b64: str, *, param: str = "audio", chunk: int = 1 << 15) -> Iterator[np.ndarray]:
+        """:meth:`decode` in int16 pieces of at most ``chunk`` samples.
+
+        The base64 is decoded and checked whole before the first piece (bad input yields nothing), but no
+        full-length sample array is built: a 15 MiB append costs its bytes plus one piece at a time.
+        """
+        data = pcm.b64_to_bytes(b64, param=param)
+        if len(data) % self.bytes_per_sample:
+            raise InvalidRequest(
+                f"16-bit PCM audio must have an even number of bytes, got {len(data)}.", param=param
+            )
+        view = memoryview(data)
+        step = chunk * self.bytes_per_sample
+        for start in range(0, len(data), step):
+            yield self._decode(bytes(view[start : start + step]))
+
+    def encoded_chars(self, n_samples: int) -> int:
+        """The length of the base64 of ``n_samples`` samples in this format."""
+        return (n_samples * self.bytes_per_sample + 2) // 3 * 4
 
     def encode(self, samples: np.ndarray) -> str:
         """int16 samples at :attr:`rate` -> base64 in this format."""

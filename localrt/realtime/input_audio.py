@@ -4,7 +4,8 @@ Positions are absolute sample counts at 16 kHz since the session began (``ms = p
 what ``audio_start_ms`` / ``audio_end_ms`` report. Appends are stored as a list of chunks (no per-append
 copy of the whole buffer); audio before the uncommitted buffer's start is dropped, and while server VAD
 is waiting for speech the buffer is trimmed to the prefix padding it may need, so memory stays bounded
-no matter how long the client streams silence.
+no matter how long the client streams silence. Stored audio is int16 (the wire's own precision, half the
+memory of float32): :attr:`held_bytes` is what the session's ``realtime_max_buffer_bytes`` caps.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import deque
 
 import numpy as np
 
-from localrt.audio.pcm import int16_to_float32
+from localrt.audio.pcm import float32_to_int16, int16_to_float32
 from localrt.audio.resample import StreamResampler
 from localrt.realtime.formats import AudioFormat
 
@@ -51,38 +52,48 @@ class InputAudio:
 
     def _store(self, x: np.ndarray) -> np.ndarray:
         if x.size:
-            self._chunks.append(x)
+            self._chunks.append(float32_to_int16(x))
             self.end += x.size
         return x
 
     # --- reading ------------------------------------------------------------------------------------------
     @property
+    def held_bytes(self) -> int:
+        """The uncommitted audio this buffer holds, as 16 kHz pcm16 bytes."""
+        return 2 * max(0, self.end - max(self.buffer_start, self._chunks_start))
+
+    def bytes_after(self, n_in: int) -> int:
+        """:attr:`held_bytes` once ``n_in`` more input-rate samples are appended (rounded up)."""
+        return self.held_bytes + 2 * -(-n_in * RATE // self.format.rate)
+
+    @property
     def buffered_ms(self) -> float:
         """Input appended since the buffer's start, in ms (counted at the input rate: exact)."""
         return self._pending_in * 1000 / self.format.rate
 
-    def slice(self, start: int, end: int) -> np.ndarray:
-        """float32 16 kHz samples in [start, end) (clamped to what is still stored)."""
+    def slice(self, start: int, end: int, dtype: type[np.generic] = np.float32) -> np.ndarray:
+        """16 kHz samples in [start, end) (clamped to what is still stored), float32 or int16."""
         start = max(start, self._chunks_start)
         end = min(end, self.end)
         if end <= start:
-            return np.zeros(0, np.float32)
-        out = np.empty(end - start, np.float32)
+            return np.zeros(0, dtype)
+        out = np.empty(end - start, dtype)
+        convert = int16_to_float32 if dtype == np.float32 else np.asarray
         pos, filled = self._chunks_start, 0
         for chunk in self._chunks:
             c_end = pos + chunk.size
             if c_end > start and pos < end:
                 a, b = max(start, pos), min(end, c_end)
-                out[filled : filled + b - a] = chunk[a - pos : b - pos]
+                out[filled : filled + b - a] = convert(chunk[a - pos : b - pos])
                 filled += b - a
             pos = c_end
             if pos >= end:
                 break
         return out
 
-    def take(self, start: int, end: int) -> np.ndarray:
+    def take(self, start: int, end: int, dtype: type[np.generic] = np.float32) -> np.ndarray:
         """The audio [start, end) for a committed item; the buffer then begins at ``end``."""
-        audio = self.slice(start, end)
+        audio = self.slice(start, end, dtype)
         self.clear(end)
         return audio
 

@@ -17,6 +17,12 @@ This takes most of Whisper's time off the path from the end of speech to the fir
 
 The idle timer (``idle_timeout_ms``) runs as a task, but it takes the same lock as the handlers, so it
 never fires in the middle of an append.
+
+**Bounds.** An append that would make the uncommitted buffer hold more than the session's
+``realtime_max_buffer_bytes`` (as 16 kHz pcm16) is refused whole (``input_audio_buffer_too_large``)
+before it is decoded. Appends are decoded piece by piece (no full-length float copy of a 15 MiB append);
+large ones in a worker thread. Each transcription is tracked by its item, so deleting (or evicting) an
+item stops its transcription and nothing keeps its audio alive.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from localrt.audio.pcm import float32_to_int16, int16_to_float32
+from localrt.audio.pcm import int16_to_float32
 from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError
 from localrt.realtime.config import SessionConfig
 from localrt.realtime.conversation import AudioClip, Content, Conversation, Item
@@ -39,6 +45,7 @@ from localrt.realtime.input_audio import RATE, SAMPLES_PER_MS, InputAudio
 from localrt.realtime.server_events import Event, ServerEvents
 from localrt.realtime.tasks import TaskSet
 from localrt.realtime.turn import TurnDetector, TurnEvent
+from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class Host(Protocol):
 
     id: str
     cfg: SessionConfig
+    settings: Settings
     events: ServerEvents
     engines: Any
     conversation: Conversation
@@ -91,6 +99,7 @@ class Listener:
         self._lock = asyncio.Lock()
         self._idle_deadline: float | None = None
         self._idle_wakeup = asyncio.Event()
+        self._stt: dict[int, set[asyncio.Task[Any]]] = {}  # id(item) -> its running transcriptions
         self.configure(host.cfg, host.cfg)
 
     # --- configuration ---------------------------------------------------------------------------------
@@ -119,15 +128,34 @@ class Listener:
     async def append(self, audio_b64: str) -> None:
         fmt = self._host.cfg.input_format
         async with self._lock:
+            limit = self._host.settings.realtime_max_buffer_bytes
+            after = self.audio.bytes_after(fmt.max_samples(len(audio_b64)))
+            if after > limit:
+                raise InvalidRequest(
+                    f"Appending this audio would make the input audio buffer {after} bytes (as 16 kHz "
+                    f"pcm16), over this server's limit of {limit} (--realtime-max-buffer-bytes). "
+                    "Commit or clear the buffer first; this append was dropped.",
+                    code="input_audio_buffer_too_large",
+                    param="audio",
+                )
             if len(audio_b64) < LARGE_APPEND_CHARS:
-                new = self.audio.append(fmt.decode(audio_b64, param="audio"))
+                spans = self._decode_and_append(fmt, audio_b64)
             else:  # seconds of audio: decode and resample off the event loop (still in order)
                 loop = asyncio.get_running_loop()
-                new = await loop.run_in_executor(None, self._decode_and_append, fmt, audio_b64)
-            await self._detect(new)
+                spans = await loop.run_in_executor(None, self._decode_and_append, fmt, audio_b64)
+            for start, end in spans:
+                if self._turn is None:  # no VAD: nothing reads the new samples
+                    break
+                await self._detect(self.audio.slice(start, end))
 
-    def _decode_and_append(self, fmt: Any, audio_b64: str) -> np.ndarray:
-        return self.audio.append(fmt.decode(audio_b64, param="audio"))
+    def _decode_and_append(self, fmt: Any, audio_b64: str) -> list[tuple[int, int]]:
+        """Append piece by piece; the 16 kHz span each piece added (VAD reads them back in order)."""
+        spans: list[tuple[int, int]] = []
+        for samples in fmt.decode_chunks(audio_b64, param="audio"):
+            start = self.audio.end
+            self.audio.append(samples)
+            spans.append((start, self.audio.end))
+        return spans
 
     async def commit(self) -> None:
         async with self._lock:
@@ -149,7 +177,7 @@ class Listener:
                 await self._host.emit(
                     self._host.events.speech_stopped(self.audio.end // SAMPLES_PER_MS, item_id)
                 )
-            audio = self.audio.take(self.audio.buffer_start, self.audio.end)
+            audio = self.audio.take(self.audio.buffer_start, self.audio.end, np.int16)
             await self._commit_audio(audio, item_id, speech.marks if speech is not None else {})
 
     async def clear(self) -> None:
@@ -214,7 +242,7 @@ class Listener:
         await self._host.emit(
             self._host.events.speech_stopped(turn_event.position // SAMPLES_PER_MS, speech.item_id)
         )
-        audio = self.audio.take(speech.start, turn_event.commit_end)
+        audio = self.audio.take(speech.start, turn_event.commit_end, np.int16)
         await self._commit_audio(audio, speech.item_id, speech.marks, speech.speculation)
         td = self._host.cfg.turn_detection
         if td is not None and td.create_response:
@@ -227,9 +255,10 @@ class Listener:
         marks: dict[str, float],
         speculation: asyncio.Task[list[str]] | None = None,
     ) -> None:
+        """``audio``: int16 at 16 kHz, kept as the item's clip and transcribed from there."""
         host = self._host
         clip = AudioClip(RATE)
-        clip.append(float32_to_int16(audio))
+        clip.append(audio)
         content = Content("input_audio", audio=clip, transcribed=asyncio.Event())
         item = Item(item_id, "message", role="user", content=[content])
         prev = host.conversation.insert(item)
@@ -238,21 +267,40 @@ class Listener:
         wire = item.to_wire(host.events.dialect)
         await host.emit(host.events.item_added(wire, prev))
         await host.emit(host.events.item_done(wire, prev))
-        host.tasks.spawn(self._transcribe(item, 0, audio, marks, speculation), f"stt-{item_id}")
+        self._spawn_stt(item, self._transcribe(item, 0, audio, marks, speculation))
 
     # --- transcription ----------------------------------------------------------------------------------
     def transcribe_item(self, item: Item) -> None:
         """Start Whisper on the audio parts of a client-created item that came without a transcript."""
         for index, content in enumerate(item.content):
             if content.transcribed is not None and content.audio is not None:
-                audio = int16_to_float32(content.audio.samples())
-                self._host.tasks.spawn(self._transcribe(item, index, audio, {}), f"stt-{item.id}")
+                self._spawn_stt(item, self._transcribe(item, index, content.audio.samples(), {}))
+
+    def _spawn_stt(self, item: Item, coro: Any) -> None:
+        task = self._host.tasks.spawn(coro, f"stt-{item.id}")
+        key = id(item)  # not item.id: a response's input item may reuse a conversation item's id
+        tasks = self._stt.setdefault(key, set())
+        tasks.add(task)
+
+        def done(_: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not tasks and self._stt.get(key) is tasks:
+                del self._stt[key]
+
+        task.add_done_callback(done)
+
+    def forget(self, item: Item) -> None:
+        """The item left the conversation (deleted, evicted, or its response ended): stop its Whisper."""
+        for task in list(self._stt.get(id(item), ())):
+            task.cancel()
 
     async def _recognize(self, audio: np.ndarray, on_segment: Any = None) -> list[str]:
         """Whisper over ``audio``: the segments' texts (``on_segment(text)`` is awaited for each)."""
         stt = self._host.engines.stt
         if stt is None:
             raise EngineUnavailable("No speech-to-text engine is loaded.")
+        if audio.dtype == np.int16:  # stored audio stays int16 until Whisper takes it
+            audio = int16_to_float32(audio)
         settings = self._host.cfg.transcription
         parts: list[str] = []
         if audio.size:
@@ -356,5 +404,5 @@ class Listener:
         await host.emit(
             host.events.timeout_triggered(start // SAMPLES_PER_MS, end // SAMPLES_PER_MS, item_id)
         )
-        await self._commit_audio(self.audio.take(start, end), item_id, marks)
+        await self._commit_audio(self.audio.take(start, end, np.int16), item_id, marks)
         await host.auto_response(marks)

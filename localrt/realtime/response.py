@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from localrt.engines.llm import SamplingParams, TextDelta, ToolCallDelta
-from localrt.errors import APIError, ContextLengthExceeded, ServerError
+from localrt.errors import APIError, ServerError
 from localrt.realtime.conversation import Content, Conversation, Item, to_messages
 from localrt.realtime.events import Dialect, new_id
 from localrt.realtime.response_options import ResponseOptions
@@ -203,22 +203,15 @@ class Response:
         return str(result.finish_reason)
 
     def _open_chat(self, llm: Any, messages: list[dict[str, Any]], params: SamplingParams) -> Any:
-        """Start the chat; when the history no longer fits, drop the oldest turns (truncation "auto")."""
-        while True:
-            try:
-                return llm.chat(
-                    messages,
-                    tools=self.options.chat_tools(),
-                    tool_choice=self.options.chat_tool_choice(),
-                    params=params,
-                )
-            except ContextLengthExceeded:
-                first = 1 if messages and messages[0]["role"] == "system" else 0
-                if len(messages) - first <= 1:
-                    raise
-                del messages[first]
-                while len(messages) > first + 1 and messages[first]["role"] in ("assistant", "tool"):
-                    del messages[first]
+        """The chat stream. When the history no longer fits the context (truncation "auto"), the engine
+        drops its oldest whole turns, in one cut and in its worker thread, never on the event loop."""
+        return llm.chat(
+            messages,
+            tools=self.options.chat_tools(),
+            tool_choice=self.options.chat_tool_choice(),
+            params=params,
+            truncate_history=True,
+        )
 
     async def _emit(self, event: Event | None, on_sent: Callable[[], None] | None = None) -> None:
         await self.ctx.emit(event, on_sent)
@@ -395,10 +388,12 @@ class Response:
         if self.ctx.dialect == "ga":
             out["output_modalities"] = ["audio"] if opts.audio_output else ["text"]
             out["max_output_tokens"] = opts.max_output_tokens
-            out["audio"] = {"output": {"format": opts.output_format.ga(), "voice": opts.voice}}
+            out["audio"] = {
+                "output": {"format": opts.output_format.ga(), "voice": opts.voice_name}
+            }  # a name: RealtimeResponse types it as a string
         else:
             out["modalities"] = ["text", "audio"] if opts.audio_output else ["text"]
-            out["voice"] = opts.voice
+            out["voice"] = opts.voice_name  # beta types take a name only, not GA's {"id": ...}
             out["output_audio_format"] = opts.output_format.name
             out["temperature"] = opts.temperature
             out["max_output_tokens"] = opts.max_output_tokens

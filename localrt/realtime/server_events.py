@@ -6,16 +6,29 @@ Events are built with their GA names; :class:`ServerEvents` renames them for bet
 ``response.output_audio_transcript.*`` -> ``response.audio_transcript.*``) and returns None for the
 GA-only events a beta client must not see (``conversation.item.done``,
 ``input_audio_buffer.timeout_triggered``). A None event is simply not sent.
+
+:func:`encode` turns an event into the text frame the writer sends, and guarantees two things whatever
+went wrong upstream: the text is valid UTF-8 JSON, and it is at most :data:`MAX_EVENT_BYTES` (1 MiB, the
+read limit of ``websockets`` clients such as openai SDK 3.3.1 and older). An event that cannot be sent as
+it is becomes an ``error`` event saying why, so one bad event never ends the session.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from typing import Any
 
-from localrt.errors import APIError
-from localrt.realtime.events import Dialect, new_id
+from localrt.errors import APIError, ServerError
+from localrt.realtime.events import Dialect, new_id, safe_text
+
+logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+MAX_EVENT_BYTES = 1 << 20
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_MESSAGE_CHARS = 4096  # of an error message (they quote client values, clipped where they are built)
 
 _BETA_NAMES = {
     "conversation.item.added": "conversation.item.created",
@@ -27,7 +40,10 @@ _BETA_NAMES = {
     "response.output_audio_transcript.done": "response.audio_transcript.done",
 }
 _GA_ONLY = frozenset({"conversation.item.done", "input_audio_buffer.timeout_triggered"})
-_BETA_PART_TYPES = {"output_text": "text", "output_audio": "audio"}
+# response.content_part.* parts are "text" / "audio" in both dialects: OpenAI's types (Python, npm, the
+# JS Agents SDK's zod schema) allow nothing else there, and the Python Agents SDK turns any other value
+# into a session error. output_text / output_audio name content inside GA conversation items only.
+_PART_TYPES = {"output_text": "text", "output_audio": "audio"}
 
 
 class ServerEvents:
@@ -45,14 +61,16 @@ class ServerEvents:
         return {"type": kind, "event_id": new_id("event"), **fields}
 
     def part(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """A content part (``response.content_part.*``) with the dialect's type name."""
-        if self.dialect == "beta":
-            kind = _BETA_PART_TYPES.get(kind, kind)
-        return {"type": kind, **fields}
+        """The part of a ``response.content_part.*`` event: ``text`` or ``audio`` in both dialects."""
+        return {"type": _PART_TYPES.get(kind, kind), **fields}
 
     # --- errors and session ---------------------------------------------------------------------------------
     def error(self, err: APIError, client_event_id: str | None = None) -> Event | None:
-        return self._event("error", error={**err.to_dict(), "event_id": client_event_id})
+        body = err.to_dict()
+        body["message"] = safe_text(str(body["message"]), MAX_MESSAGE_CHARS)
+        if isinstance(body["param"], str):
+            body["param"] = safe_text(body["param"], 256)
+        return self._event("error", error={**body, "event_id": client_event_id})
 
     def session(self, session: dict[str, Any], *, created: bool) -> Event | None:
         suffix = "created" if created else "updated"
@@ -222,3 +240,44 @@ class ContentRef:
             "output_index": self.output_index,
             "content_index": self.content_index,
         }
+
+
+def encode(event: Event, events: ServerEvents, session_id: str = "-") -> str:
+    """``event`` as the JSON text to send: valid UTF-8, at most :data:`MAX_EVENT_BYTES` bytes.
+
+    Client text is checked where it comes in (lone surrogates are refused by the parser), so the
+    fallbacks here only catch a server bug: an unencodable character is replaced (U+FFFD; the event
+    still goes out, so the protocol's order holds), and an event that is not JSON or too large is
+    replaced by an ``error`` event naming it.
+    """
+    kind = str(event.get("type"))
+    try:
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        logger.exception("session %s: %s event is not JSON", session_id, kind)
+        return _fallback(events, ServerError(f"The server could not send a {kind} event: not valid JSON."))
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            logger.error("session %s: %s event holds unencodable text; replaced", session_id, kind)
+            text = _SURROGATE.sub("\ufffd", text)
+            size = len(text.encode("utf-8"))
+    if size > MAX_EVENT_BYTES:
+        logger.error(
+            "session %s: %s event of %d bytes not sent (limit %d)", session_id, kind, size, MAX_EVENT_BYTES
+        )
+        err = ServerError(
+            f"The server could not send a {kind} event: it would be {size} bytes, over the "
+            f"{MAX_EVENT_BYTES} bytes a server event may have.",
+            code="event_too_large",
+        )
+        return _fallback(events, err)
+    return text
+
+
+def _fallback(events: ServerEvents, err: APIError) -> str:
+    event = events.error(err) or {"type": "error", "event_id": new_id("event"), "error": err.to_dict()}
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)

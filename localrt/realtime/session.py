@@ -3,50 +3,58 @@
 - The **reader** parses each client event once and handles it in order. Everything that must stay in
   order with the input stream happens here: decoding appends, running VAD on the new windows, turn
   events, commits, barge-in. Slow work (transcription, responses) is started as tasks.
-- The **writer** is the only task that sends. Every server event goes through one bounded queue, so the
-  order on the wire is the order events were emitted in, and a client that stops reading eventually
-  blocks the producers instead of growing memory.
+- The **writer** (:class:`~.outbox.Outbox`) is the only task that sends. Every server event goes through
+  one bounded queue, so the order on the wire is the order events were emitted in, and a client that
+  stops reading eventually blocks the producers instead of growing memory.
 - **Tasks** (transcriptions, responses) belong to the session's :class:`TaskSet`; when the socket
   closes, all of them are cancelled and awaited, which stops the LLM within one token and TTS/STT
   within one chunk, so nothing keeps computing for a client that is gone.
 - Errors in client events become ``error`` events echoing the client's ``event_id``; the loop goes on.
+- **Bounds** (each a setting): the input buffer (:mod:`.listener`), the conversation's items and bytes
+  (:mod:`.conversation`), the size of a created item (``realtime_max_item_bytes``, as received), the
+  out-of-band responses running at once (``realtime_max_oob_responses``: ``rate_limit_exceeded``), and
+  time: a session that sends no event for ``realtime_idle_timeout_s`` gets an ``error``
+  (``session_idle_timeout``) and close 1008; at its advertised ``expires_at``
+  (``realtime_max_session_s`` after it opened) an ``error`` ``session_expired``, as OpenAI sends, and close
+  1008. No input is accepted whose echo would not fit in a 1 MiB server event (:mod:`.budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError
-from localrt.realtime import config
+from localrt.errors import (
+    APIError,
+    EngineUnavailable,
+    InvalidRequest,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from localrt.lifecycle import SHUTTING_DOWN, Lifecycle
+from localrt.realtime import budget, config
 from localrt.realtime import events as ev
 from localrt.realtime.config import SessionConfig, SessionType
-from localrt.realtime.conversation import Conversation, Item, item_from_param
-from localrt.realtime.events import Dialect, new_id
+from localrt.realtime.conversation import Conversation, Item, Limits
+from localrt.realtime.events import Dialect, new_id, shown
 from localrt.realtime.listener import Listener
+from localrt.realtime.outbox import Outbox
 from localrt.realtime.response import Response, ResponseContext
 from localrt.realtime.response_options import ResponseOptions, response_options
 from localrt.realtime.server_events import Event, ServerEvents
 from localrt.realtime.tasks import CLOSE_TIMEOUT_S, TaskSet
+from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-OUTBOUND_QUEUE = 1024  # events waiting for the writer
-MAX_EVENT_BYTES = 1 << 20
-
-
-@dataclass
-class _Outbound:
-    event: Event
-    on_sent: Callable[[], None] | None = None
+MAX_METADATA_BYTES = 64 * 1024  # echoed in every response event (OpenAI: 16 pairs of 64 + 512 chars)
 
 
 class RealtimeSession:
@@ -60,8 +68,10 @@ class RealtimeSession:
         model: str,
         llm_model: str,
         timing_log: Any | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.ws = ws
+        self.settings = settings or Settings(_env_file=None)
         self.id = new_id("sess")
         self.dialect = dialect
         self.engines = engines
@@ -72,15 +82,16 @@ class RealtimeSession:
         if engines.tts is None:
             cfg = dataclasses.replace(cfg, audio_output=False)
         self.cfg: SessionConfig = cfg
-        self.expires_at = int(time.time()) + config.SESSION_LIFETIME_S
-        self.conversation = Conversation()
+        self.expires_at = int(time.time() + self.settings.realtime_max_session_s)
         self.tasks = TaskSet(self.id)
+        limits = Limits(self.settings.realtime_max_items, self.settings.realtime_max_session_bytes)
+        self.conversation = Conversation(limits, on_remove=self._forget_item)
         self.listener = Listener(self)
         self.active: Response | None = None  # the response writing to the default conversation
         self.responses: dict[str, Response] = {}  # every running response, out-of-band ones too
         self.finished: list[Response] = []  # the last few, for their timings
         self._audio_output_started = False
-        self._outbound: asyncio.Queue[_Outbound] = asyncio.Queue(maxsize=OUTBOUND_QUEUE)
+        self.outbox = Outbox(ws, self.events, self.id)
         self._response_ctx = ResponseContext(
             session_id=self.id,
             dialect=dialect,
@@ -112,42 +123,50 @@ class RealtimeSession:
         logger.info("session %s opened (%s, %s)", self.id, self.dialect, self.cfg.type)
         await self.emit(self.events.session(self._render(), created=True))
         self.tasks.spawn(self.listener.idle_timer(), "idle-timer")
-        writer = asyncio.create_task(self._writer(), name=f"{self.id}:writer")
+        writer = asyncio.create_task(self.outbox.run(), name=f"{self.id}:writer")
         reader = asyncio.create_task(self._reader(), name=f"{self.id}:reader")
+        watchdog = asyncio.create_task(
+            self.outbox.watch(self.settings.realtime_idle_timeout_s, self.settings.realtime_max_session_s),
+            name=f"{self.id}:watchdog",
+        )
+        loops = {reader, writer, watchdog}
+        lifecycle = getattr(getattr(self.ws.scope.get("app"), "state", None), "lifecycle", None)
+        if lifecycle is not None:
+            loops.add(asyncio.create_task(self._close_when_draining(lifecycle), name=f"{self.id}:drain"))
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("session %s: %s failed", self.id, task.get_name(), exc_info=task.exception())
         finally:
-            for task in (reader, writer):
+            for task in loops:
                 task.cancel()
-            await asyncio.wait({reader, writer}, timeout=CLOSE_TIMEOUT_S)
+            await asyncio.wait(loops, timeout=CLOSE_TIMEOUT_S)
             await self.tasks.aclose()
             logger.info("session %s closed", self.id)
 
     async def emit(self, event: Event | None, on_sent: Callable[[], None] | None = None) -> None:
         """Queue a server event for the writer (None: an event this dialect does not have)."""
-        if event is not None:
-            await self._outbound.put(_Outbound(event, on_sent))
+        await self.outbox.put(event, on_sent)
 
-    async def _writer(self) -> None:
-        while True:
-            out = await self._outbound.get()
-            text = json.dumps(out.event, separators=(",", ":"), ensure_ascii=False)
-            if len(text) > MAX_EVENT_BYTES:
-                logger.warning("session %s: %s event of %d bytes", self.id, out.event["type"], len(text))
-            try:
-                await self.ws.send_text(text)
-            except (OSError, RuntimeError, WebSocketDisconnect):  # the client is gone: the session ends
-                logger.debug("session %s: send failed, client gone", self.id)
-                return
-            if out.on_sent is not None:
-                out.on_sent()
+    async def _close_when_draining(self, lifecycle: Lifecycle) -> None:
+        """Server shutdown: every running response ends (``response.done``, cancelled), then an
+        ``error`` (``server_shutting_down``) and close 1001 (going away)."""
+        await lifecycle.wait_draining()
+        logger.info("session %s: server shutting down", self.id)
+        for response in list(self.responses.values()):
+            if response.active:
+                await response.cancel("client_cancelled")
+        await self.close(1001, ServiceUnavailable(SHUTTING_DOWN, code="server_shutting_down"))
+
+    async def close(self, code: int, err: APIError | None = None) -> None:
+        """Send ``err`` after what is queued, then close the socket with ``code`` (the session ends)."""
+        await self.outbox.close(code, err)
 
     async def _reader(self) -> None:
         while True:
             message = await self.ws.receive()
+            self.outbox.touch()
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
@@ -163,8 +182,8 @@ class RealtimeSession:
     async def _handle(self, text: str) -> None:
         raw: Any = None
         try:
-            raw = ev.decode_frame(text)
-            event = ev.parse_client_event(raw, self.dialect)
+            raw = ev.load_json(text)
+            event = ev.parse_client_event(ev.check_frame(raw, text), self.dialect)
             await self._handlers[type(event)](event)
         except APIError as exc:
             await self._error(exc, ev.event_id_of(raw))
@@ -193,9 +212,17 @@ class RealtimeSession:
             transcription_event=isinstance(event, ev.TranscriptionSessionUpdate),
         )
         self._check_engines(new)
+        rendered = config.render(new, self.dialect, session_id=self.id, expires_at=self.expires_at)
+        if budget.wire_bytes(rendered) > budget.ECHO_BUDGET:
+            raise InvalidRequest(
+                "The session would not fit in a server event (1 MiB): its instructions, tools or other "
+                "values are too large.",
+                code="session_too_large",
+                param="session",
+            )
         self.listener.configure(self.cfg, new)
         self.cfg = new
-        await self.emit(self.events.session(self._render(), created=False))
+        await self.emit(self.events.session(rendered, created=False))
 
     def _check_engines(self, new: SessionConfig) -> None:
         """Settings the loaded engines cannot serve are refused (the update is dropped whole)."""
@@ -219,7 +246,7 @@ class RealtimeSession:
         supported = getattr(self.engines.stt, "languages", None)
         if language and supported is not None and language.strip().lower() not in supported:
             raise InvalidRequest(
-                f"Unsupported language '{language}' for the loaded speech-to-text model; supported: "
+                f"Unsupported language {shown(language)} for the loaded speech-to-text model; supported: "
                 f"{', '.join(supported)}.",
                 param=transcription + ".language",
             )
@@ -263,17 +290,35 @@ class RealtimeSession:
 
     # --- conversation --------------------------------------------------------------------------------------
     async def _item_create(self, event: ev.ConversationItemCreate) -> None:
-        item = item_from_param(event.item, self.cfg.input_format, self.conversation)
-        prev = self.conversation.insert(item, event.previous_item_id)
+        if event.previous_item_id not in (None, "root"):
+            self.conversation.get(event.previous_item_id, param="previous_item_id")
+        item = await self._build_item(event.item, "item", self.conversation)
         wire = item.to_wire(self.dialect)
+        prev = self.conversation.add(item, event.previous_item_id)
         await self.emit(self.events.item_added(wire, prev))
         await self.emit(self.events.item_done(wire, prev))
         self.listener.transcribe_item(item)
 
+    async def _build_item(self, param: Any, where: str, conversation: Conversation | None) -> Item:
+        return await budget.build_item(
+            param,
+            self.cfg.input_format,
+            conversation,
+            dialect=self.dialect,
+            max_bytes=self.settings.realtime_max_item_bytes,
+            where=where,
+        )
+
     async def _item_retrieve(self, event: ev.ConversationItemRetrieve) -> None:
         item = self.conversation.get(event.item_id)
         fmt = self.cfg.output_format if item.role == "assistant" else self.cfg.input_format
-        await self.emit(self.events.item_retrieved(item.to_wire(self.dialect, audio=fmt)))
+        wire, fill_audio = budget.retrieved(item, self.dialect, fmt, budget.ECHO_BUDGET)
+        await asyncio.get_running_loop().run_in_executor(None, fill_audio)
+        await self.emit(self.events.item_retrieved(wire))
+
+    def _forget_item(self, item: Item) -> None:
+        """An item left the conversation (deleted, or dropped to make room)."""
+        self.listener.forget(item)
 
     async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
         self.conversation.delete(event.item_id)
@@ -313,42 +358,69 @@ class RealtimeSession:
                 "Audio output is not available: this server runs without a text-to-speech engine.",
                 param="response." + ("output_modalities" if self.dialect == "ga" else "modalities"),
             )
-        if opts.conversation == "auto" and self.active is not None and self.active.active:
+        if opts.conversation == "auto":
+            self._check_no_active_response()
+        limit = self.settings.realtime_max_oob_responses
+        if (
+            opts.conversation == "none"
+            and sum(not r.in_conversation for r in self.responses.values()) >= limit
+        ):
+            raise RateLimited(
+                f"This session already runs {limit} out-of-band responses, this server's limit "
+                "(--realtime-max-oob-responses). Wait for one to end (response.done) or cancel one.",
+                param="response.conversation",
+            )
+        if budget.wire_bytes(opts.metadata, MAX_METADATA_BYTES) > MAX_METADATA_BYTES:
+            raise InvalidRequest(
+                f"The response's metadata is over {MAX_METADATA_BYTES} bytes: it is echoed in every "
+                "response event.",
+                param="response.metadata",
+            )
+        await self._start_response(opts, {})
+
+    def _check_no_active_response(self) -> None:
+        if self.active is not None and self.active.active:
             raise InvalidRequest(
                 f"Conversation already has an active response in progress: {self.active.id}. Wait until the "
                 "response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
             )
-        await self._start_response(opts, {})
 
-    def _context(self, opts: ResponseOptions) -> list[Item]:
-        """The items a response reads: its ``input`` (items and references) or the conversation."""
+    async def _context(self, opts: ResponseOptions) -> tuple[list[Item], list[Item]]:
+        """The items a response reads (its ``input``, or the conversation), and those made for it."""
         if opts.input is None:
-            return list(self.conversation)
+            return list(self.conversation), []
         items: list[Item] = []
+        made: list[Item] = []
         for i, param in enumerate(opts.input):
             if isinstance(param, ev.ItemReference):
                 items.append(self.conversation.get(param.id, param=f"response.input[{i}].id"))
             else:
-                item = item_from_param(param, self.cfg.input_format, None, where=f"response.input[{i}]")
-                self.listener.transcribe_item(item)
-                items.append(item)
-        return items
+                made.append(await self._build_item(param, f"response.input[{i}]", None))
+                items.append(made[-1])
+        return items, made
 
     async def _start_response(self, opts: ResponseOptions, marks: dict[str, float]) -> None:
-        response = Response(self._response_ctx, opts, self._context(opts), marks=marks)
+        context, made = await self._context(opts)
+        if opts.conversation == "auto":
+            self._check_no_active_response()  # again: decoding input audio may have let a turn start one
+        for item in made:
+            self.listener.transcribe_item(item)
+        response = Response(self._response_ctx, opts, context, marks=marks)
         if opts.conversation == "auto":
             self.active = response
             self.listener.response_started()
         if opts.audio_output:
             self._audio_output_started = True
         self.responses[response.id] = response
-        self.tasks.spawn(self._run_response(response), response.id)
+        self.tasks.spawn(self._run_response(response, made), response.id)
 
-    async def _run_response(self, response: Response) -> None:
+    async def _run_response(self, response: Response, made: list[Item]) -> None:
         try:
             await response.run()
         finally:
+            for item in made:  # its own input items: their transcription is of no use any more
+                self.listener.forget(item)
             self.responses.pop(response.id, None)
             self.finished = [*self.finished[-31:], response]
             if response.in_conversation:

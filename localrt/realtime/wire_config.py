@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from localrt.engines.grammar import UnsafeSchema, check_schema
 from localrt.realtime.events import InputItemParam
 
 # Short and plain: the embedded 135M model follows these best (longer prompts derail it).
@@ -74,6 +76,39 @@ class SemanticVadWire(_Strict):
 TurnDetectionWire = Annotated[ServerVadWire | SemanticVadWire, Field(discriminator="type")]
 
 
+# Accepted and echoed in the session, not acted on: typed as OpenAI types them, so the session echoed
+# back is one OpenAI's own types accept (a strict client rejects anything else), never arbitrary JSON.
+class TracingWire(_Strict):
+    workflow_name: str | None = None
+    group_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class TokenLimitsWire(_Strict):
+    post_instructions: int | None = Field(default=None, ge=0)
+
+
+class RetentionRatioWire(_Strict):
+    type: Literal["retention_ratio"]
+    retention_ratio: float = Field(ge=0.0, le=1.0)
+    token_limits: TokenLimitsWire | None = None
+
+
+class PromptWire(_Strict):
+    id: str
+    version: str | None = None
+    variables: dict[str, str] | None = None
+
+
+class ReasoningWire(_Strict):
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
+Tracing = Literal["auto"] | TracingWire | None
+Truncation = Literal["auto", "disabled"] | RetentionRatioWire
+Include = list[Literal["item.input_audio_transcription.logprobs"]]
+
+
 class VoiceId(_Strict):
     id: str
 
@@ -86,6 +121,21 @@ class FunctionToolWire(_Strict):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     parameters: dict[str, Any] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _grammar_safe(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Refused here, at session.update / response.create, if no safe grammar can be made of it
+        (:mod:`localrt.engines.grammar`), rather than when a response needs it."""
+        if value is not None:
+            try:
+                check_schema(value)
+            except UnsafeSchema as exc:
+                raise PydanticCustomError("value_error", str(exc)) from None
+        return value
+
+
+Tools = Annotated[list[FunctionToolWire], Field(max_length=128)]  # OpenAI's limit
 
 
 class ToolChoiceFunction(_Strict):
@@ -133,15 +183,15 @@ class GASession(_ReadOnly):
         default_factory=lambda: list[Literal["text", "audio"]](["audio"]), min_length=1
     )
     instructions: str = DEFAULT_INSTRUCTIONS
-    tools: list[FunctionToolWire] = Field(default_factory=list)
+    tools: Tools = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     max_output_tokens: MaxTokens = "inf"
-    tracing: Any = None
-    truncation: Any = "auto"
-    prompt: Any = None
-    include: list[str] | None = None
+    tracing: Tracing = None
+    truncation: Truncation = "auto"
+    prompt: PromptWire | None = None
+    include: Include | None = None
     audio: GAAudio = Field(default_factory=GAAudio)
-    reasoning: Any = None
+    reasoning: ReasoningWire | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -160,7 +210,7 @@ class GATranscriptionSession(_ReadOnly):
     type: Literal["transcription"]
     model: str | None = None
     audio: GATranscriptionAudio = Field(default_factory=GATranscriptionAudio)
-    include: list[str] | None = None
+    include: Include | None = None
 
 
 class GAResponseOutput(_Strict):
@@ -175,7 +225,7 @@ class GAResponseAudio(_Strict):
 class GAResponseParams(_Strict):
     output_modalities: Modalities | None = Field(default=None, min_length=1)
     instructions: str | None = None
-    tools: list[FunctionToolWire] | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     audio: GAResponseAudio | None = None
     max_output_tokens: MaxTokens | None = None
@@ -201,14 +251,14 @@ class BetaSession(_ReadOnly):
     input_audio_transcription: TranscriptionWire | None = None
     input_audio_noise_reduction: NoiseReductionWire | None = None
     turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
-    tools: list[FunctionToolWire] = Field(default_factory=list)
+    tools: Tools = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     temperature: float = Field(default=0.8, ge=0.6, le=1.2)
     max_response_output_tokens: MaxTokens = "inf"
-    tracing: Any = None
-    truncation: Any = None
-    prompt: Any = None
-    include: list[str] | None = None
+    tracing: Tracing = None
+    truncation: Truncation | None = None
+    prompt: PromptWire | None = None
+    include: Include | None = None
 
 
 class BetaTranscriptionSession(_ReadOnly):
@@ -218,7 +268,7 @@ class BetaTranscriptionSession(_ReadOnly):
     input_audio_transcription: TranscriptionWire | None = None
     input_audio_noise_reduction: NoiseReductionWire | None = None
     turn_detection: TurnDetectionWire | None = Field(default_factory=lambda: ServerVadWire(type="server_vad"))
-    include: list[str] | None = None
+    include: Include | None = None
 
 
 class BetaResponseParams(_Strict):
@@ -226,7 +276,7 @@ class BetaResponseParams(_Strict):
     instructions: str | None = None
     voice: Voice | None = None
     output_audio_format: BetaFormat | None = None
-    tools: list[FunctionToolWire] | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     temperature: float | None = Field(default=None, ge=0.6, le=1.2)
     max_response_output_tokens: MaxTokens | None = None

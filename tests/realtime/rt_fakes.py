@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from localrt.engines.llm import ChatResult, SamplingParams, TextDelta, ToolCall, ToolCallDelta
 from localrt.errors import InvalidRequest, ModelNotFound
 from localrt.realtime import endpoint
+from localrt.settings import Settings
 
 FAKE_KEY = "sk-fake-realtime"
 
@@ -127,6 +128,7 @@ class FakeLLM:
         tool_choice: Any = None,
         response_format: Any = None,
         params: SamplingParams | None = None,
+        truncate_history: bool = False,
     ) -> FakeStream:
         self.prompts.append(messages)
         return FakeStream(self, self.script(messages, tools, tool_choice), params or SamplingParams())
@@ -275,9 +277,9 @@ class FakeEngines:
     vad: FakeVAD | None = field(default_factory=FakeVAD)
 
 
-@dataclass
-class FakeSettings:
-    api_key: Any = None
+def FakeSettings(**overrides: Any) -> Settings:
+    """Real settings for the fake-engine servers: no .env file, no models folder."""
+    return Settings(_env_file=None, models_dir="/nonexistent", **overrides)  # type: ignore[call-arg]
 
 
 def make_app(engines: Any, settings: Any) -> Starlette:

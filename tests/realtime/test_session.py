@@ -204,7 +204,7 @@ async def test_audio_out_order_and_format(fake_ws_url: str) -> None:
     transcript = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
     assert transcript == "Paris is the capital of France."
     part = next(e for e in events if e["type"] == "response.content_part.done")["part"]
-    assert part == {"type": "output_audio", "transcript": transcript}
+    assert part == {"type": "audio", "transcript": transcript}
     assert all(len(json.dumps(e)) < 1 << 20 for e in events)
 
 
