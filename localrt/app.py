@@ -28,7 +28,7 @@ from localrt.api import models as models_api
 from localrt.api.common import ClientDisconnected, error_response
 from localrt.api.models import LIVENESS_PATH
 from localrt.engines import Engines, load_engines
-from localrt.errors import APIError, AuthenticationError, NotFound, ServerError
+from localrt.errors import APIError, AuthenticationError, NotFound, ServerError, ServiceUnavailable
 from localrt.lifecycle import DrainMiddleware, Lifecycle
 from localrt.realtime import endpoint as realtime_api
 from localrt.realtime.handshake_guard import SessionSlots
@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    if exc.status >= 500:
+    if isinstance(exc, ServiceUnavailable):  # full or shutting down: expected, and said to the client
+        logger.info("%s %s -> %r", request.method, request.url.path, exc)
+    elif exc.status >= 500:
         logger.error("%s %s -> %r", request.method, request.url.path, exc)
     return error_response(exc)
 

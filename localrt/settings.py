@@ -124,7 +124,10 @@ class Settings(BaseSettings):
         "built with GPU support, else 0.",
     )
     n_threads: int | None = Field(
-        None, ge=1, description="CPU threads for llama.cpp. Unset: the number of CPU cores."
+        None,
+        ge=1,
+        description="CPU threads for llama.cpp. Unset: all CPU cores but one (at least 1), which stays "
+        "free for Whisper, Piper and the event loop.",
     )
     n_batch: int = Field(512, ge=1, description="llama.cpp prompt-processing batch size.")
     max_loaded_models: int = Field(
@@ -167,4 +170,7 @@ class Settings(BaseSettings):
     def resolved_n_threads(self) -> int:
         import os
 
-        return self.n_threads or os.cpu_count() or 1
+        # llama.cpp's threads spin while they wait for each other: with every core given to them, any
+        # other busy thread (Whisper, Piper, a second session's work) stalls them all. On 2 cores, 8
+        # concurrent voice sessions lost 68 of 80 turns to 120 s timeouts with 2 threads, none with 1.
+        return self.n_threads or max(1, (os.cpu_count() or 2) - 1)

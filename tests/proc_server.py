@@ -135,7 +135,8 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None and self._answers()
 
     def log_tail(self, chars: int = 4000) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-chars:]
 

@@ -8,6 +8,7 @@ same inputs to the real server. How Whisper is stopped inside a window: ``test_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import io
 import logging
@@ -354,7 +355,8 @@ def test_a_vanished_clients_whisper_job_stops(
         audio = np.tile(_speech(engines, LONG), 3)[: 25 * 16000]
     else:
         audio = (np.random.default_rng(0).standard_normal(25 * 16000) * 0.1).astype(np.float32)
-    with pytest.raises(httpx.ReadTimeout):
+    # The client gives up after 1 s (on a fast machine the job may be done by then: nothing to stop).
+    with contextlib.suppress(httpx.ReadTimeout):
         _post(http, encode_file(audio, 16000, "wav"), timeout=httpx.Timeout(30, read=1.0))
     start = time.monotonic()
     after = _post(http, sentence_wav)

@@ -26,6 +26,7 @@ from localrt.lifecycle import DrainMiddleware, Lifecycle
 from tests.proc_server import ServerProcess
 
 LONG_STORY = "Write a very long story about a lighthouse keeper, with many chapters."
+COUNTING = "Count from 1 to 1000, one number per line."  # thousands of tokens: still going at SIGTERM
 
 
 def _noise_wav(seconds: float, rate: int = 16000) -> bytes:
@@ -60,8 +61,8 @@ async def _realtime(url: str, ready: asyncio.Event, out: dict[str, Any]) -> None
             async for message in ws:
                 event = json.loads(message)
                 events.append(event)
-                if event["type"] == "response.output_text.delta":
-                    ready.set()
+                if event["type"] == "response.created":
+                    ready.set()  # generating, or queued behind the chat stream for the one LLM slot
         except websockets.ConnectionClosed:
             pass
         out["realtime_close"] = ws.close_code
@@ -72,7 +73,8 @@ async def _chat_stream(url: str, ready: asyncio.Event, out: dict[str, Any]) -> N
         "model": "gpt-4o",
         "stream": True,
         "max_tokens": 1800,
-        "messages": [{"role": "user", "content": LONG_STORY}],
+        "temperature": 0,
+        "messages": [{"role": "user", "content": COUNTING}],
     }
     lines: list[str] = []
     out["chat"] = lines
@@ -108,12 +110,12 @@ def test_sigterm_ends_in_flight_work_properly_and_exits_in_bounded_time() -> Non
 
         async def scenario() -> float:
             rt_ready, chat_ready, stt_sent = asyncio.Event(), asyncio.Event(), asyncio.Event()
-            clients = [
-                asyncio.create_task(_realtime(server.url, rt_ready, out)),
-                asyncio.create_task(_chat_stream(server.url, chat_ready, out)),
-                asyncio.create_task(_transcription(server.url, stt_sent, out)),
-            ]
-            await asyncio.wait_for(asyncio.gather(rt_ready.wait(), chat_ready.wait(), stt_sent.wait()), 60)
+            # The chat stream first, so it is the one generating when the signal comes.
+            clients = [asyncio.create_task(_chat_stream(server.url, chat_ready, out))]
+            await asyncio.wait_for(chat_ready.wait(), 60)
+            clients.append(asyncio.create_task(_realtime(server.url, rt_ready, out)))
+            clients.append(asyncio.create_task(_transcription(server.url, stt_sent, out)))
+            await asyncio.wait_for(asyncio.gather(rt_ready.wait(), stt_sent.wait()), 60)
             await asyncio.sleep(1.0)  # the transcription's upload is in and Whisper is at work
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
