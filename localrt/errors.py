@@ -99,25 +99,25 @@ class EngineUnavailable(APIError):
     code = "engine_unavailable"
 
 
-class RateLimited(APIError):
-    """429: a per-client or per-engine bound is reached; ``retry_after`` (s) becomes ``Retry-After``."""
+class _RetryLater(APIError):
+    """An error that says when to retry: ``retry_after`` (s) becomes the ``Retry-After`` header."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class RateLimited(_RetryLater):
+    """429: a per-client or per-engine bound is reached."""
 
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
-
-class ServiceUnavailable(APIError):
-    """503: the server is full or shutting down; ``retry_after`` (s) becomes ``Retry-After``."""
+class ServiceUnavailable(_RetryLater):
+    """503: the server is full or shutting down."""
 
     status = 503
     type = "server_error"
     code = "service_unavailable"
-
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
