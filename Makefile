@@ -71,7 +71,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check localrt tests
 	$(VENV)/bin/ruff format --check localrt tests
-	$(VENV)/bin/mypy localrt
+	$(VENV)/bin/mypy --strict localrt
 
 bench: install
 	$(VENV)/bin/localrt bench

@@ -30,6 +30,9 @@ from localrt.api.models import LIVENESS_PATH
 from localrt.engines import Engines, load_engines
 from localrt.errors import APIError, AuthenticationError, NotFound, ServerError, ServiceUnavailable
 from localrt.lifecycle import DrainMiddleware, Lifecycle
+from localrt.metrics import Metrics
+from localrt.metrics import routes as metrics_routes
+from localrt.metrics_http import HTTPMetricsMiddleware
 from localrt.realtime import endpoint as realtime_api
 from localrt.realtime.handshake_guard import SessionSlots
 from localrt.settings import Settings
@@ -112,20 +115,27 @@ class APIKeyMiddleware:
 
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> Starlette:
     settings = settings or Settings()
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         owned = engines is None
-        loaded = engines if engines is not None else await anyio.to_thread.run_sync(load_engines, settings)
-        app.state.engines = loaded
-        try:
-            yield {}
-        finally:
-            if owned:
-                await anyio.to_thread.run_sync(loaded.close)
+        with metrics.observing_jobs():  # every engine's finished jobs feed /metrics' histograms
+            loaded = (
+                engines if engines is not None else await anyio.to_thread.run_sync(load_engines, settings)
+            )
+            app.state.engines = loaded
+            try:
+                yield {}
+            finally:
+                if owned:
+                    await anyio.to_thread.run_sync(loaded.close)
 
     lifecycle = Lifecycle()
-    middleware = [Middleware(DrainMiddleware, lifecycle=lifecycle)]  # outermost: counts everything
+    middleware = [
+        Middleware(DrainMiddleware, lifecycle=lifecycle),  # outermost: counts everything
+        Middleware(HTTPMetricsMiddleware, metrics=metrics),  # before the key check: counts 401s too
+    ]
     if settings.cors_allow_origins:
         middleware.append(
             Middleware(
@@ -145,6 +155,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             *models_api.routes,
             *realtime_api.routes,
             *timing_routes,
+            *metrics_routes,
         ],
         middleware=middleware,
         exception_handlers={
@@ -156,7 +167,9 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.timings = TimingLog()
+    app.state.timings = TimingLog(observer=metrics.observe_turn)
+    app.state.metrics = metrics
+    metrics.watch(app.state)
     app.state.lifecycle = lifecycle
     app.state.realtime_slots = SessionSlots.from_settings(settings)
     if engines is not None:

@@ -38,9 +38,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     bench = sub.add_parser(
         "bench",
         help="profile latency of the voice loop and the HTTP endpoints against the engines, then soak",
-        description="Latency profiling, then a soak (concurrent realtime sessions x voice turns; --soak "
-        "runs only that). Without --url it serves in-process with the settings below; with --url it "
-        "measures that server (the floor still runs on engines loaded here).",
+        description="Latency profiling (voice turns, HTTP against the engines in-process, concurrent "
+        "sessions, voice turns under mixed HTTP load), then a soak (concurrent realtime sessions x voice "
+        "turns; --soak runs only that). Without --url it serves in-process with the settings below; with "
+        "--url it measures that server (the floor and the engine sides still run on engines loaded here).",
     )
     bench.add_argument("--url", default=None, help="a running server, e.g. http://gpu-box:8000")
     bench.add_argument("--bench-key", default=None, help="API key of the server given by --url")
@@ -52,6 +53,20 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
         "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"
     )
     bench.add_argument("--turns-per-session", type=int, default=3, help="turns per concurrent session")
+    bench.add_argument(
+        "--mixed-turns",
+        type=_count,
+        default=10,
+        help="voice turns alone and again under mixed HTTP load (a long transcription and long chats "
+        "streaming meanwhile), default 10; 0 skips the mixed-load stage",
+    )
+    bench.add_argument(
+        "--mixed-audio-seconds",
+        type=float,
+        default=90.0,
+        help="speech in the mixed load's background transcription (default 90)",
+    )
+    bench.add_argument("--no-mixed", action="store_true", help="skip the mixed-load stage")
     bench.add_argument("--out", default="bench-results", help="results folder (default bench-results)")
     bench.add_argument(
         "--soak", action="store_true", help="run only the soak (without it, the soak is the last stage)"
@@ -144,6 +159,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
 
     if args.soak and not (args.soak_sessions and args.soak_turns):
         sys.exit("localrt: --soak needs --soak-sessions and --soak-turns of 1 or more")
+    if args.mixed_audio_seconds <= 0:
+        sys.exit("localrt: --mixed-audio-seconds must be more than 0")
     logging.basicConfig(level=logging.WARNING)
     run_bench(
         BenchConfig(
@@ -153,6 +170,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
             http_runs=args.http_runs,
             concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
             turns_per_session=args.turns_per_session,
+            mixed_turns=0 if args.no_mixed else args.mixed_turns,
+            mixed_audio_s=args.mixed_audio_seconds,
             out=Path(args.out),
             settings=settings,
             soak_sessions=args.soak_sessions,

@@ -162,6 +162,56 @@ class Settings(BaseSettings):
     )
     tts_use_cuda: bool = Field(False, description="Run Piper on CUDA (needs onnxruntime-gpu).")
 
+    # --- engine core: implementations, schedulers, state --------------------------------------------
+    llm_engine: str = Field(
+        "llama_cpp", description="Chat model implementation (a name in localrt.engines.REGISTRY['llm'])."
+    )
+    stt_engine: str = Field(
+        "faster_whisper",
+        description="Speech-to-text implementation (a name in localrt.engines.REGISTRY['stt']).",
+    )
+    tts_engine: str = Field(
+        "piper", description="Text-to-speech implementation (a name in localrt.engines.REGISTRY['tts'])."
+    )
+    vad_engine: str = Field(
+        "silero", description="Voice-activity implementation (a name in localrt.engines.REGISTRY['vad'])."
+    )
+    llm_slots: int = Field(
+        1,
+        ge=1,
+        le=1,
+        description="Chat generations run at once per model (in-process llama.cpp has one context: 1).",
+    )
+    stt_slots: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Transcriptions run at once (Whisper workers): with 2, a voice turn's transcription "
+        "never waits for the native call a long transcription is in.",
+    )
+    tts_slots: int = Field(2, ge=1, le=8, description="Syntheses run at once (Piper workers).")
+    llm_max_queue: int = Field(
+        32, ge=1, description="Chat jobs waiting per model; beyond it: 429 / a realtime error event."
+    )
+    stt_max_queue: int = Field(
+        32, ge=1, description="Transcriptions waiting; beyond it: 429 / a realtime error event."
+    )
+    tts_max_queue: int = Field(
+        32, ge=1, description="Syntheses waiting; beyond it: 429 / a realtime error event."
+    )
+    bulk_audio_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="HTTP transcriptions of more audio than this run as bulk work, after interactive "
+        "and ordinary requests (and yield to them between Whisper calls).",
+    )
+    llm_state_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="Memory for per-session llama.cpp state (each realtime session's evaluated "
+        "conversation survives other sessions' turns); least recently used first out. 0: off.",
+    )
+
     # --- which engines to load ----------------------------------------------------------------------
     load_stt: bool = Field(True, description="Load the Whisper engine at start-up.")
     load_tts: bool = Field(True, description="Load the Piper engine at start-up.")

@@ -6,6 +6,10 @@ with the session id and kept in a bounded in-memory log that ``GET /debug/timing
 ``localrt bench`` can break a turn into stages against a server in another process. The route lists
 every session's ids, so when an API key is set it needs the key like every route but the liveness probe
 (``localrt.app.APIKeyMiddleware``).
+
+An optional observer sees every recorded turn (``observer(marks, extra)``, on the caller's thread): the
+app's :class:`localrt.metrics.Metrics` turns the marks into stage histograms, so this module stays
+independent of Prometheus.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -22,18 +27,26 @@ from starlette.routing import BaseRoute, Route
 
 logger = logging.getLogger("localrt.realtime.timing")
 
+TurnObserver = Callable[[Mapping[str, float], Mapping[str, Any]], None]
+
 
 class TimingLog:
     """A bounded log of turn timings (thread safe; old entries fall off)."""
 
-    def __init__(self, maxlen: int = 4096) -> None:
+    def __init__(self, maxlen: int = 4096, observer: TurnObserver | None = None) -> None:
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
+        self.observer = observer
 
     def record(self, session_id: str, response_id: str | None, marks: dict[str, float], **extra: Any) -> None:
         entry = {"session_id": session_id, "response_id": response_id, "marks": dict(marks), **extra}
         with self._lock:
             self._entries.append(entry)
+        if self.observer is not None:
+            try:
+                self.observer(entry["marks"], extra)
+            except Exception:  # metrics must never break a turn
+                logger.exception("timing observer failed")
         base = marks.get("speech_stopped")
         if base is not None:
             rel = {k: round((v - base) * 1000, 1) for k, v in marks.items()}

@@ -30,6 +30,7 @@ from localrt.audio import codecs
 from localrt.audio.pcm import int16_to_float32
 from localrt.catalog import EMBEDDED_VOICE_ID, embedded_voice
 from localrt.engines import Engines
+from localrt.engines.scheduler import Priority
 from localrt.engines.tts import PiperEngine, Voice, read_voice
 from localrt.settings import Settings
 from tests.servers import error_of
@@ -278,8 +279,10 @@ class RecordingPiper(PiperEngine):
         super().__init__(*args, **kwargs)
         self.streams: list[Any] = []
 
-    def stream(self, text: str, *, voice: str | None = None, speed: float = 1.0) -> Any:
-        stream = super().stream(text, voice=voice, speed=speed)
+    def stream(
+        self, text: str, *, voice: str | None = None, speed: float = 1.0, priority: Priority = Priority.HTTP
+    ) -> Any:
+        stream = super().stream(text, voice=voice, speed=speed, priority=priority)
         self.streams.append(stream)
         return stream
 

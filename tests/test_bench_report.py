@@ -31,22 +31,55 @@ def fake_raw() -> dict[str, Any]:
         turns.append(t.to_dict())
         floors.append({"question": f"q{i}", "stt_s": 0.28, "llm_first_clause_s": 0.19,
                        "tts_first_chunk_s": 0.05, "first_clause": "Hi.", "total_s": 0.52})  # fmt: skip
-    conc = {str(n): [dict(turns[0]) for _ in range(n * 2)] for n in (1, 2, 4)}
+    conc = {str(n): [dict(turns[0], session=k % n, turn=k // n) for k in range(n * 2)] for n in (1, 2, 4)}
     return {
         "voice_turns": turns,
         "floor": floors,
         "chat": {
             "http": [{"ttft_s": 0.020, "tokens_per_s": 150.0}] * 3,
-            "direct": [{"ttft_s": 0.012, "tokens_per_s": 152.0}] * 3,
-            "engine": [{"ttft_s": 0.013, "tokens_per_s": 154.0}] * 3,
+            "engine": [{"ttft_s": 0.012, "tokens_per_s": 152.0}] * 3,
         },
         "transcription": {
             "http": [{"time_s": 0.33, "rtf": 0.15}] * 3,
-            "direct": [{"time_s": 0.31, "rtf": 0.14}] * 3,
+            "engine": [{"time_s": 0.31, "rtf": 0.14}] * 3,
         },
-        "speech": {"http": [{"ttfb_s": 0.07}] * 3, "direct": [{"ttfb_s": 0.06}] * 3},
+        "speech": {"http": [{"ttfb_s": 0.07}] * 3, "engine": [{"ttfb_s": 0.06}] * 3},
         "concurrency": conc,
     }
+
+
+def load_messages() -> list[dict[str, Any]]:
+    """A transcription that runs 100..130 s then one still in flight; chats of 3 s back to back."""
+    out: list[dict[str, Any]] = [
+        {"kind": "transcription", "event": "begin", "n": 0, "t": 100.0},
+        {"kind": "transcription", "event": "open", "n": 0, "t": 100.1},
+        {"kind": "transcription", "event": "end", "n": 0, "t": 130.0, "status": 200, "items": 9, "finished": True},
+        {"kind": "transcription", "event": "begin", "n": 1, "t": 130.1},
+    ]  # fmt: skip
+    for n in range(14):
+        out.append({"kind": "chat", "event": "begin", "n": n, "t": 99.0 + 3 * n})
+        out.append({"kind": "chat", "event": "end", "n": n, "t": 99.0 + 3 * n + 2.9, "status": 200,
+                    "items": 300, "finished": True})  # fmt: skip
+    return out
+
+
+def fake_mixed(mixed_s: tuple[float, ...] = (1.1, 1.2, 1.3, 1.4, 2.0)) -> dict[str, Any]:
+    def turns(values: tuple[float, ...]) -> list[dict[str, Any]]:
+        out = []
+        for i, v in enumerate(values):
+            t = TurnSample(question=f"q{i}", status="completed", user_perceived_s=v)
+            apply_marks(t, marks(i))
+            out.append(t.to_dict())
+        return out
+
+    return {
+        "turns": 5,
+        "alone": turns((1.0, 1.1, 1.2, 1.3, 1.4)),
+        "mixed": turns(mixed_s),
+        "window": [101.0, 141.0],
+        "load": {"kinds": ["transcription", "chat"], "transcription_audio_s": 90.0, "chat_max_tokens": 300,
+                 "messages": load_messages()},
+    }  # fmt: skip
 
 
 def test_percentiles() -> None:
@@ -74,9 +107,9 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert t["voice_compute_over_floor_p50"]["value"] == pytest.approx(0.57 / 0.52)
     assert t["voice_compute_over_floor_p50"]["met"] is True
     assert t["chat_ttft_overhead_ms"]["value"] == pytest.approx(8.0)
-    assert t["chat_tokens_per_s_http_over_direct"]["met"] is True
-    assert t["transcription_http_over_direct"]["value"] == pytest.approx(0.33 / 0.31)
-    assert t["speech_ttfb_http_over_direct"]["met"] is False  # 0.07 / 0.06 > 1.10
+    assert t["chat_tokens_per_s_http_over_engine"]["met"] is True
+    assert t["transcription_http_over_engine"]["value"] == pytest.approx(0.33 / 0.31)
+    assert t["speech_ttfb_http_over_engine"]["met"] is False  # 0.07 / 0.06 > 1.10
     assert t["concurrency_all_turns_completed"]["value"] is True
     assert set(summ["concurrency"]) == {"1", "2", "4"}
 
@@ -85,9 +118,10 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert json.loads(paths["json"].read_text())["summary"]["targets"]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["table"].read_text()
-    assert "user-perceived" in text and "MISSED" in text
-    assert "http/direct: 0.987 (middle half 0.987 to 0.987, 3 rounds); ratio of the p50s 0.987" in text
-    assert "engine/direct 1.013 (middle half" in text and "http/engine 0.974 (middle half" in text
+    assert "user-perceived" in text and "MISSED" in text and "floor (engines in-process)" in text
+    assert "http/engine: 0.987 (middle half 0.987 to 0.987, 3 rounds); ratio of the p50s 0.987" in text
+    assert "direct" not in text
+    assert "mixed" not in t and "Mixed load" not in text  # the stage did not run: no section, no target
 
 
 def test_turns_cut_at_the_token_cap_complete_and_others_do_not() -> None:
@@ -114,20 +148,18 @@ def test_http_targets_judge_rounds_side_by_side() -> None:
     http = [97.0, 97.0, 77.6, 77.6, 77.6]  # 0.97 of direct in every round
     raw["chat"] = {
         "http": [{"ttft_s": 0.020 + i / 100, "tokens_per_s": v} for i, v in enumerate(http)],
-        "direct": [{"ttft_s": 0.012 + i / 100, "tokens_per_s": v} for i, v in enumerate(direct)],
+        "engine": [{"ttft_s": 0.012 + i / 100, "tokens_per_s": v} for i, v in enumerate(direct)],
     }
     raw["speech"] = {
         "http": [{"ttfb_s": 0.10}, {"ttfb_s": 0.20}],
-        "direct": [{"ttfb_s": 0.1}, {"ttfb_s": None}],
+        "engine": [{"ttfb_s": 0.1}, {"ttfb_s": None}],
     }
     summ = report.summarize(raw)
     t = summ["targets"]
-    assert t["chat_tokens_per_s_http_over_direct"]["value"] == pytest.approx(0.97)
+    assert t["chat_tokens_per_s_http_over_engine"]["value"] == pytest.approx(0.97)
     assert t["chat_ttft_overhead_ms"]["value"] == pytest.approx(8.0)
-    assert summ["chat"]["paired"]["tokens_per_s_http_over_direct"]["n"] == 5
-    assert summ["chat"]["paired"]["tokens_per_s_engine_over_direct"]["n"] == 0  # no engine side
-    assert t["speech_ttfb_http_over_direct"]["value"] == pytest.approx(1.0)  # the unpaired run is left out
-    assert "engine/direct" not in report.table(summ)
+    assert summ["chat"]["paired"]["tokens_per_s_http_over_engine"]["n"] == 5
+    assert t["speech_ttfb_http_over_engine"]["value"] == pytest.approx(1.0)  # the unpaired run is left out
 
 
 def fake_soak(lost: int = 0) -> dict[str, Any]:
@@ -137,8 +169,8 @@ def fake_soak(lost: int = 0) -> dict[str, Any]:
         apply_marks(t, marks(i))
         turns.append({**t.to_dict(), "session": i // 4, "turn": i % 4})
     turns[0].update(status="incomplete", reason="max_output_tokens")  # capped: still completed
-    for t in turns[8 - lost :]:
-        t.update(status="timeout", user_perceived_s=None)
+    for lost_turn in turns[8 - lost :]:
+        lost_turn.update(status="timeout", user_perceived_s=None)
     return {
         "sessions": 2,
         "turns_per_session": 4,
@@ -153,7 +185,7 @@ def fake_soak(lost: int = 0) -> dict[str, Any]:
 
 
 def test_soak_section_and_target(tmp_path: Path) -> None:
-    raw = {**fake_raw(), "soak": fake_soak()}
+    raw = {**fake_raw(), "mixed": fake_mixed(), "soak": fake_soak()}
     summ = report.summarize(raw)
     s = summ["soak"]
     assert (s["turns"], s["completed"], s["capped"], s["lost"]) == (8, 8, 1, 0)
@@ -169,7 +201,7 @@ def test_soak_section_and_target(tmp_path: Path) -> None:
     )
     assert "user-perceived p50 1350, p95" in text and "server compute p50 570" in text
     assert "RSS before 800 MB, after 812 MB, peak 850 MB; threads 40 -> 40; fds 30 -> 31" in text
-    assert text.index("Soak:") < text.index("Targets")
+    assert text.index("Mixed load") < text.index("Soak:") < text.index("Targets")
     paths = report.write(raw, summ, tmp_path)
     assert json.loads(paths["json"].read_text())["summary"]["soak"]["lost"] == 0
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

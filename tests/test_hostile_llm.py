@@ -171,7 +171,7 @@ class _RefusingLLM:
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> _RefusingStream:
         return _RefusingStream()
 
-    def complete(self, prompt: Any, params: Any) -> _RefusingStream:
+    def complete(self, prompt: Any, params: Any, **kwargs: Any) -> _RefusingStream:
         return _RefusingStream()
 
 

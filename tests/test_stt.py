@@ -103,7 +103,9 @@ async def test_leaving_a_stream_stops_decoding() -> None:
     async with engine.stream(AUDIO) as segments:
         async for _ in segments:
             break
-    # aclose waited for the worker: it stopped at the next segment, not after all 1000.
+    # Leaving does not wait; the worker stops at the next segment, not after all 1000.
+    assert segments.stopped
+    assert await segments.wait_done(10)
     assert model.finished.is_set()
     assert model.decoded < 1000
     engine.close()

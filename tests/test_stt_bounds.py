@@ -91,7 +91,7 @@ async def test_closing_a_stream_stops_whisper_inside_a_window() -> None:
     stream = engine.stream(np.zeros(25 * 16000, np.float32))  # one window: 7 calls, 1.4 s
     assert await asyncio.to_thread(model.model.second_call.wait, 10)
     seen = model.model.calls
-    await stream.aclose()  # returns once the worker is free
-    assert stream.worker_done
+    await stream.aclose()  # returns at once; the worker stops before its next native call
+    assert await stream.wait_done(10)
     assert model.model.calls <= seen + 1, "the job went on past the call in flight"
     engine.close()

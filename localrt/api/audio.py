@@ -2,10 +2,15 @@
 
 Uploads arrive as multipart forms (as the OpenAI SDK sends them), read and decoded within the limits
 of :mod:`.uploads`. Decoding and encoding run in worker threads, the models in their engines'
-executors; every wait is cancellable, and a client that leaves stops its decoding and its Whisper
+schedulers; every wait is cancellable, and a client that leaves stops its decoding and its Whisper
 job (within one native call, see :mod:`localrt.engines.stt_bounds`). Speech is always streamed:
 ``stream_format=audio`` (the default, as with OpenAI) sends encoded bytes as sentences are synthesized,
 ``sse`` wraps the same bytes in ``speech.audio.delta`` events.
+
+Requests queue as ``Priority.HTTP`` (transcriptions of more than ``bulk_audio_seconds`` of audio as
+``Priority.BULK``), behind realtime voice turns. A full engine queue is a 429 with ``Retry-After``:
+every job is submitted before a response starts, streamed ones included, so the refusal is a status,
+not an error frame.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from starlette.routing import BaseRoute, Route
 from localrt.api import uploads
 from localrt.api.common import DrainingStream, engines_of, parse_body, sse, unless_disconnected
 from localrt.audio import codecs
-from localrt.engines.stt import Segment, Task, Transcription, WhisperEngine, language_name
-from localrt.engines.threaded import ThreadedStream
-from localrt.engines.tts import OPENAI_VOICES, AudioChunk, PiperEngine
+from localrt.engines.interfaces import ItemStream, SpeechToText, TextToSpeech
+from localrt.engines.scheduler import Priority
+from localrt.engines.stt import language_name
+from localrt.engines.tts import OPENAI_VOICES
+from localrt.engines.types import AudioChunk, Segment, Task, Transcription
 from localrt.errors import (
     APIError,
     EngineUnavailable,
@@ -46,8 +53,8 @@ GRANULARITIES = ("word", "segment")
 # --- transcriptions and translations ---------------------------------------------------------------
 
 
-def _stt(request: Request) -> WhisperEngine:
-    engine: WhisperEngine | None = engines_of(request).stt
+def _stt(request: Request) -> SpeechToText:
+    engine = engines_of(request).stt
     if engine is None:
         raise EngineUnavailable("Speech to text is not loaded on this server (load_stt is off).")
     return engine
@@ -78,7 +85,7 @@ def _float_field(form: FormData, name: str, default: float, low: float, high: fl
     return value
 
 
-def _check_model(form: FormData, engine: WhisperEngine) -> None:
+def _check_model(form: FormData, engine: SpeechToText) -> None:
     model = _field(form, "model")
     if not model:
         raise MissingParameter("Missing required parameter: 'model'.", param="model")
@@ -128,8 +135,11 @@ async def _speech_to_text(request: Request, task: Task) -> Response:
     del data  # held by `decode` until decoded, not while Whisper runs
     audio = await unless_disconnected(request, decode)
     del decode
+    long = len(audio) > settings.bulk_audio_seconds * engine.sample_rate
+    options["priority"] = Priority.BULK if long else Priority.HTTP
     if stream:
-        # Created here so invalid options are a 400 before the event stream starts.
+        # Submitted here, so invalid options (400) and a full queue (429) are answered as a status
+        # before the event stream starts.
         return sse(_transcript_events(engine.stream(audio, **options)), done=False)
     result = await unless_disconnected(request, lambda: engine.transcribe(audio, **options))
     return _render(result, response_format, task, granularities)
@@ -143,7 +153,7 @@ async def translations(request: Request) -> Response:
     return await _speech_to_text(request, "translate")
 
 
-async def _transcript_events(segments: ThreadedStream[Segment]) -> AsyncIterator[dict[str, Any]]:
+async def _transcript_events(segments: ItemStream[Segment]) -> AsyncIterator[dict[str, Any]]:
     """``transcript.text.delta`` per segment, then ``transcript.text.done`` with the deltas joined."""
     deltas: list[str] = []
     try:
@@ -241,8 +251,8 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
 
 
-def _tts(request: Request) -> PiperEngine:
-    engine: PiperEngine | None = engines_of(request).tts
+def _tts(request: Request) -> TextToSpeech:
+    engine = engines_of(request).tts
     if engine is None:
         raise EngineUnavailable("Text to speech is not loaded on this server (load_tts is off).")
     return engine
@@ -261,14 +271,19 @@ async def speech(request: Request) -> Response:
     if req.model in voice_ids and (voice is None or voice.lower() in OPENAI_VOICES):
         voice = req.model  # a Piper voice id as the model picks that voice over OpenAI's names
     chosen = engine.resolve_voice(voice)
-    chunks = engine.stream(req.input, voice=chosen.id, speed=req.speed)
-    encoder = codecs.AudioEncoder(fmt, chosen.sample_rate)
+    # Submitted before the response starts: a full queue is a 429, not a cut-off body.
+    chunks = engine.stream(req.input, voice=chosen.id, speed=req.speed, priority=Priority.HTTP)
+    try:
+        encoder = await run_in_threadpool(codecs.AudioEncoder, fmt, chosen.sample_rate)
+    except BaseException:
+        await chunks.aclose()
+        raise
     if req.stream_format == "sse":
         return sse(_speech_events(chunks, encoder, req.input), done=False)
     return DrainingStream(_encoded(chunks, encoder), media_type=encoder.media_type)
 
 
-async def _encoded(chunks: ThreadedStream[AudioChunk], encoder: codecs.AudioEncoder) -> AsyncIterator[bytes]:
+async def _encoded(chunks: ItemStream[AudioChunk], encoder: codecs.AudioEncoder) -> AsyncIterator[bytes]:
     """Encoded bytes as each sentence arrives; leaving early stops synthesis (``async with``)."""
     try:
         async with chunks:
@@ -284,7 +299,7 @@ async def _encoded(chunks: ThreadedStream[AudioChunk], encoder: codecs.AudioEnco
 
 
 async def _speech_events(
-    chunks: ThreadedStream[AudioChunk], encoder: codecs.AudioEncoder, text: str
+    chunks: ItemStream[AudioChunk], encoder: codecs.AudioEncoder, text: str
 ) -> AsyncIterator[dict[str, Any]]:
     size = 0
     try:

@@ -21,7 +21,9 @@ from starlette.routing import BaseRoute, Route
 from localrt.api.common import engines_of, new_id, now, parse_body, sse, unless_disconnected
 from localrt.api.schemas import ChatCompletionRequest, CompletionRequest
 from localrt.engines.chat_format import content_text
-from localrt.engines.llm import ChatResult, ChatStream, TextDelta, ToolCallDelta
+from localrt.engines.interfaces import ChatJob
+from localrt.engines.scheduler import Priority
+from localrt.engines.types import ChatResult, TextDelta, ToolCallDelta
 from localrt.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ async def chat_completions(request: Request) -> Response:
         else req.tool_choice,
         response_format=req.response_format.to_engine() if req.response_format else None,
         params=params,
+        priority=Priority.HTTP,
     )
     completion_id = new_id("chatcmpl")
     if req.stream:
@@ -95,7 +98,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-async def _run(stream: ChatStream) -> ChatResult:
+async def _run(stream: ChatJob) -> ChatResult:
     """Generate to the end (a non-streaming answer); leaving early stops the model within a token."""
     async with stream:
         async for _ in stream:
@@ -108,7 +111,7 @@ async def _leaving(stream: Any) -> AsyncIterator[Any]:
     """Leave a stream the route has already entered (the worker stops within a token).
 
     A body that never starts (the client left before it did) does not run this; dropping the stream
-    stops its worker then (:class:`~localrt.engines.threaded.ThreadedStream` stops on collection).
+    cancels its job then (a :class:`~localrt.engines.scheduler.Job` dropped unclosed is cancelled).
     """
     try:
         yield stream
@@ -184,7 +187,7 @@ def _prompt(req: CompletionRequest) -> str | list[int]:
 async def completions(request: Request) -> Response:
     req = await parse_body(request, CompletionRequest)
     engine = await engines_of(request).llm.get(req.model)
-    stream = engine.complete(_prompt(req), req.sampling(req.max_tokens))
+    stream = engine.complete(_prompt(req), req.sampling(req.max_tokens), priority=Priority.HTTP)
     completion_id = new_id("cmpl")
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -1,7 +1,8 @@
 """``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` and ``GET /health/live``.
 
-``/health`` reports the loaded models and whether the chat model is busy, so it needs the API key when
-one is set. ``/health/live`` is the liveness probe for container health checks and load balancers: it
+``/health`` reports the loaded models, whether the chat model is busy and, per engine, its queue, running
+jobs, slots, refusals and recent job latency (the same numbers as ``/metrics``), so it needs the API key
+when one is set. ``/health/live`` is the liveness probe for container health checks and load balancers: it
 needs no key, touches no engine and answers ``{"status": "ok"}`` while the server accepts requests.
 """
 
@@ -15,7 +16,9 @@ from starlette.routing import BaseRoute, Route
 
 from localrt.api.common import engines_of
 from localrt.engines import Engines
+from localrt.engines.scheduler import SchedulerStats
 from localrt.errors import ModelNotFound
+from localrt.metrics import Metrics
 
 
 def _model(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
@@ -27,8 +30,8 @@ def model_cards(engines: Engines) -> dict[str, dict[str, Any]]:
     cards: dict[str, dict[str, Any]] = {}
     pool = engines.llm
     for model_id in pool.ids():
-        _, created = pool.info(model_id)
-        cards[model_id] = _model(model_id, created, kind="chat", loaded=model_id in pool.loaded_ids)
+        loaded = model_id in pool.loaded_ids
+        cards[model_id] = _model(model_id, pool.created(model_id), kind="chat", loaded=loaded)
     default_created = cards[pool.default_id]["created"]
     for alias in pool.aliases():
         cards.setdefault(alias, _model(alias, default_created, kind="chat", alias_of=pool.default_id))
@@ -57,8 +60,28 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(card)
 
 
+def engine_health(stats: list[SchedulerStats], metrics: Metrics | None) -> dict[str, dict[str, Any]]:
+    """Per engine: queued, running, slots, max_queue, completed, rejected; latency_ms when jobs ran."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in stats:
+        entry: dict[str, Any] = {
+            "queued": s.queued,
+            "running": s.running,
+            "slots": s.slots,
+            "max_queue": s.max_queue,
+            "completed": s.completed,
+            "rejected": s.rejected,
+        }
+        latency = metrics.recent_latency_ms(s.engine) if metrics is not None else None
+        if latency is not None:
+            entry["latency_ms"] = latency
+        out.setdefault(s.engine, entry)
+    return out
+
+
 async def health(request: Request) -> Response:
     engines = engines_of(request)
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     return JSONResponse(
         {
             "status": "ok",
@@ -70,6 +93,7 @@ async def health(request: Request) -> Response:
             "stt": engines.stt.id if engines.stt is not None else None,
             "tts": engines.tts.default_voice if engines.tts is not None else None,
             "vad": engines.vad is not None,
+            "engines": engine_health(engines.stats(), metrics),
         }
     )
 

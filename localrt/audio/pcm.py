@@ -19,13 +19,15 @@ _INT16_SCALE = 32768.0
 
 def int16_to_float32(samples: np.ndarray) -> np.ndarray:
     """int16 -> float32 in [-1, 1)."""
-    return np.asarray(samples, dtype=np.int16).astype(np.float32) / _INT16_SCALE
+    out: np.ndarray = np.asarray(samples, dtype=np.int16).astype(np.float32) / _INT16_SCALE
+    return out
 
 
 def float32_to_int16(samples: np.ndarray) -> np.ndarray:
     """float -> int16, clipping anything outside [-1, 1] instead of wrapping around."""
     scaled = np.asarray(samples, dtype=np.float32) * _INT16_SCALE
-    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
+    out: np.ndarray = np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
+    return out
 
 
 def bytes_to_int16(data: bytes, *, param: str | None = None) -> np.ndarray:

@@ -26,7 +26,8 @@ def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     x = _check(samples)
     if in_rate == out_rate or x.size == 0:
         return x
-    return soxr.resample(x, in_rate, out_rate, quality="HQ")
+    out: np.ndarray = soxr.resample(x, in_rate, out_rate, quality="HQ")
+    return out
 
 
 class StreamResampler:
@@ -62,7 +63,8 @@ class StreamResampler:
             x = x.astype(self.dtype)
         if self._stream is None:
             return x
-        return self._stream.resample_chunk(np.ascontiguousarray(x), last=last)
+        out: np.ndarray = self._stream.resample_chunk(np.ascontiguousarray(x), last=last)
+        return out
 
     def reset(self) -> None:
         """Forget the carried state (for example after a realtime buffer is cleared)."""

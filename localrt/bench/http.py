@@ -1,24 +1,25 @@
-"""HTTP endpoints against the engines called directly, side by side in one run.
+"""HTTP endpoints against localrt's own engines called in-process, side by side in one run.
 
-Each pair runs back to back on the same input, alternating which goes first, so both see the same
-machine state and the same KV-cache luck.
+The *engine* side is the same work through the engine interfaces (:mod:`localrt.engines.interfaces`)
+with no HTTP, JSON or SSE in between: what the server adds is the difference. Each pair runs back to
+back on the same input, alternating which goes first, so both see the same machine state and the same
+KV-cache luck.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import openai
 
-from localrt.audio.codecs import encode
+from localrt.audio.codecs import decode, encode
 from localrt.bench.inputs import Utterance
-
-T = TypeVar("T")
+from localrt.engines.interfaces import ChatModel, SpeechToText, TextToSpeech
+from localrt.engines.types import SamplingParams, TextDelta
 
 # Throughput needs long generations: tokens/s over a one-sentence answer is a handful of intervals,
 # mostly jitter. Both sides generate exactly CHAT_MAX_TOKENS tokens from the same prompt at temperature 0.
@@ -36,14 +37,11 @@ SPEECH_TEXT = (
     "Local speech synthesis starts quickly. The first sentence is sent while the rest is made. "
     "That keeps the wait short."
 )
-
-
-def _in(executor: Executor, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in an engine's own worker thread (llama.cpp contexts are single threaded)."""
-    return executor.submit(fn).result()
-
-
 PRIME_QUESTION = "Say OK."
+
+
+def chat_messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question}]
 
 
 def prime_http(http: httpx.Client) -> None:
@@ -53,7 +51,7 @@ def prime_http(http: httpx.Client) -> None:
         "/v1/chat/completions",
         json={
             "model": "gpt-4o",
-            "messages": _chat_messages(PRIME_QUESTION),
+            "messages": chat_messages(PRIME_QUESTION),
             "max_tokens": 1,
             "temperature": 0,
         },
@@ -61,18 +59,13 @@ def prime_http(http: httpx.Client) -> None:
     resp.raise_for_status()
 
 
-def prime_direct(engine: Any) -> None:
-    """``prime_http`` on the engine called directly."""
-    _in(
-        engine._executor,
-        lambda: engine.llama.create_chat_completion(
-            _chat_messages(PRIME_QUESTION), max_tokens=1, temperature=0
-        ),
-    )
-
-
-def _chat_messages(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question}]
+async def prime_engine(model: ChatModel) -> None:
+    """``prime_http`` on the engine in-process."""
+    async with model.chat(
+        chat_messages(PRIME_QUESTION), params=SamplingParams(temperature=0, max_tokens=1)
+    ) as job:
+        async for _ in job:
+            pass
 
 
 def _rates(t0: float, first: float | None, end: float, n: int) -> dict[str, float | None]:
@@ -98,7 +91,7 @@ def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
     n = 0
     stream = client.chat.completions.create(
         model="gpt-4o",
-        messages=_chat_messages(question),  # type: ignore[arg-type]
+        messages=chat_messages(question),  # type: ignore[arg-type]
         temperature=0,
         max_tokens=CHAT_MAX_TOKENS,
         stream=True,
@@ -113,39 +106,15 @@ def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
     return _rates(t0, first, time.perf_counter(), n)
 
 
-def chat_direct(engine: Any, question: str) -> dict[str, Any]:
-    """llama-cpp-python itself, same model object, prompt and settings, no server."""
-
-    def run() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        first = None
-        n = 0
-        for chunk in engine.llama.create_chat_completion(
-            _chat_messages(question), temperature=0, max_tokens=CHAT_MAX_TOKENS, stream=True
-        ):
-            if chunk["choices"][0]["delta"].get("content"):
-                n += 1
-                if first is None:
-                    first = time.perf_counter()
-        return _rates(t0, first, time.perf_counter(), n)
-
-    result: dict[str, Any] = _in(engine._executor, run)
-    return result
-
-
-async def chat_engine(engine: Any, question: str) -> dict[str, Any]:
-    """localrt's own engine, same prompt and settings, no HTTP: splits the HTTP layer's cost from the
-    engine's."""
-    from localrt.engines.llm import SamplingParams, TextDelta
-
+async def chat_engine(model: ChatModel, question: str) -> dict[str, Any]:
+    """localrt's chat engine in-process, same prompt and settings, no HTTP: splits the HTTP layer's
+    cost from the engine's."""
     t0 = time.perf_counter()
     first = None
     n = 0
-    stream = engine.chat(
-        _chat_messages(question), params=SamplingParams(temperature=0, max_tokens=CHAT_MAX_TOKENS)
-    )
-    async with stream:
-        async for event in stream:
+    params = SamplingParams(temperature=0, max_tokens=CHAT_MAX_TOKENS)
+    async with model.chat(chat_messages(question), params=params) as job:
+        async for event in job:
             if isinstance(event, TextDelta) and event.text:
                 n += 1
                 if first is None:
@@ -153,8 +122,13 @@ async def chat_engine(engine: Any, question: str) -> dict[str, Any]:
     return _rates(t0, first, time.perf_counter(), n)
 
 
+def wav16k(pcm16k: np.ndarray) -> bytes:
+    """Float32 16 kHz mono as the WAV file a client uploads."""
+    return encode((np.clip(pcm16k, -1.0, 1.0) * 32767).astype(np.int16), 16000, "wav")
+
+
 def transcription_http(http: httpx.Client, utt: Utterance) -> dict[str, Any]:
-    wav = encode((utt.pcm16k * 32767).astype(np.int16), 16000, "wav")
+    wav = wav16k(utt.pcm16k)
     t0 = time.perf_counter()
     resp = http.post(
         "/v1/audio/transcriptions",
@@ -167,12 +141,11 @@ def transcription_http(http: httpx.Client, utt: Utterance) -> dict[str, Any]:
     return {"time_s": elapsed, "rtf": elapsed / duration, "text": resp.json()["text"]}
 
 
-async def transcription_direct(stt: Any, utt: Utterance) -> dict[str, Any]:
-    wav = encode((utt.pcm16k * 32767).astype(np.int16), 16000, "wav")
-    from localrt.audio.codecs import decode
-
+async def transcription_engine(stt: SpeechToText, utt: Utterance) -> dict[str, Any]:
+    wav = wav16k(utt.pcm16k)
     t0 = time.perf_counter()
-    audio = decode(wav, 16000)  # the endpoint decodes the upload too: same work on both sides
+    # The endpoint decodes the upload too (in a worker thread): same work on both sides.
+    audio = await asyncio.to_thread(decode, wav, stt.sample_rate)
     result = await stt.transcribe(audio)
     elapsed = time.perf_counter() - t0
     duration = len(utt.pcm16k) / 16000
@@ -200,7 +173,7 @@ def speech_http(http: httpx.Client) -> dict[str, Any]:
     }
 
 
-async def speech_direct(tts: Any) -> dict[str, Any]:
+async def speech_engine(tts: TextToSpeech) -> dict[str, Any]:
     t0 = time.perf_counter()
     first = None
     async with tts.stream(SPEECH_TEXT) as chunks:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from localrt.audio.resample import resample
+from localrt.engines.interfaces import TextToSpeech
 
 QUESTIONS = (
     "What is the biggest ocean on Earth?",
@@ -48,11 +49,29 @@ def last_voiced(samples: np.ndarray, rate: int, threshold: float = 0.02) -> int:
     return int((voiced[-1] + 1) * win) if len(voiced) else len(samples)
 
 
-async def synthesize(tts: object, texts: tuple[str, ...] = QUESTIONS) -> list[Utterance]:
+async def synthesize(tts: TextToSpeech | None, texts: tuple[str, ...] = QUESTIONS) -> list[Utterance]:
+    if tts is None:
+        raise RuntimeError("the bench synthesizes its spoken inputs: it needs the text-to-speech engine")
     out = []
     for text in texts:
-        chunk = await tts.synthesize(text)  # type: ignore[attr-defined]
+        chunk = await tts.synthesize(text)
         pcm24 = resample(chunk.samples, chunk.sample_rate, 24000)
         pcm16k = resample(chunk.samples, chunk.sample_rate, 16000).astype(np.float32) / 32768.0
         out.append(Utterance(text, pcm24, pcm16k, last_voiced(pcm24, 24000)))
     return out
+
+
+def long_speech(utts: list[Utterance], seconds: float, gap_s: float = 0.4) -> np.ndarray:
+    """``seconds`` of speech (float32, 16 kHz mono): the utterances one after another, ``gap_s`` of
+    silence between them, round and round, cut to length."""
+    if not utts or seconds <= 0:
+        raise ValueError("long_speech needs utterances and a positive duration")
+    want = int(seconds * 16000)
+    gap = np.zeros(int(gap_s * 16000), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < want:
+        for utt in utts:
+            parts += [utt.pcm16k.astype(np.float32), gap]
+            have += len(utt.pcm16k) + len(gap)
+    return np.concatenate(parts)[:want]

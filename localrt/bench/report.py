@@ -8,17 +8,20 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from localrt.bench import soak
+from localrt.bench import mixed, soak
 from localrt.bench.stats import paired, ratio, summary
 from localrt.bench.voice import STAGES, finished
 
+# "engine": the same work on localrt's engines in-process, through their interfaces, with no server.
 TARGETS = {
     "voice_compute_over_floor_p50": ("<=", 1.15),
-    "chat_tokens_per_s_http_over_direct": (">=", 0.95),
+    "chat_tokens_per_s_http_over_engine": (">=", 0.95),
     "chat_ttft_overhead_ms": ("<=", 15.0),
-    "transcription_http_over_direct": ("<=", 1.10),
-    "speech_ttfb_http_over_direct": ("<=", 1.10),
+    "transcription_http_over_engine": ("<=", 1.10),
+    "speech_ttfb_http_over_engine": ("<=", 1.10),
     "concurrency_all_turns_completed": ("==", True),
+    "mixed_voice_p95_over_alone": ("<=", mixed.P95_TARGET),
+    "mixed_all_turns_completed": ("==", True),
     "soak_lost_turns": ("==", 0),
 }
 
@@ -43,13 +46,22 @@ def machine() -> dict[str, Any]:
 def _met(op: str, value: Any, target: Any) -> bool | None:
     if value is None:
         return None
-    return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+    met: bool = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+    return met
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     """The summary of each stage that ran (``localrt bench --soak`` runs only the soak), with the
     targets those stages measure."""
     out: dict[str, Any] = _summarize_main(raw) if "voice_turns" in raw else {"targets": {}}
+    if "mixed" in raw:
+        out["mixed"] = m = mixed.summarize(raw["mixed"])
+        out["targets"]["mixed_voice_p95_over_alone"] = _judge(
+            "mixed_voice_p95_over_alone", m["p95_mixed_over_alone"]
+        )
+        out["targets"]["mixed_all_turns_completed"] = _judge(
+            "mixed_all_turns_completed", m["all_turns_completed"]
+        )
     if "soak" in raw:
         out["soak"] = soak.summarize(raw["soak"])
         out["targets"]["soak_lost_turns"] = _judge("soak_lost_turns", out["soak"]["lost"])
@@ -91,29 +103,23 @@ def _summarize_main(raw: dict[str, Any]) -> dict[str, Any]:
         }
         for side, runs in raw["chat"].items()
     }
-    # Per round, each side against the others (same prompt, back to back): what the targets judge.
-    http_runs, direct_runs = raw["chat"]["http"], raw["chat"]["direct"]
-    engine_runs = raw["chat"].get("engine", [])
+    # Per round, the two sides (same prompt, back to back): what the targets judge.
+    http_runs, engine_runs = raw["chat"]["http"], raw["chat"]["engine"]
     chat["paired"] = {
-        "tokens_per_s_http_over_direct": paired(http_runs, direct_runs, "tokens_per_s"),
-        "tokens_per_s_engine_over_direct": paired(engine_runs, direct_runs, "tokens_per_s"),
         "tokens_per_s_http_over_engine": paired(http_runs, engine_runs, "tokens_per_s"),
-        "ttft_http_minus_direct_s": paired(http_runs, direct_runs, "ttft_s", "difference"),
+        "ttft_http_minus_engine_s": paired(http_runs, engine_runs, "ttft_s", "difference"),
     }
-    stt_h, stt_d = raw["transcription"]["http"], raw["transcription"]["direct"]
+    stt_h, stt_e = raw["transcription"]["http"], raw["transcription"]["engine"]
     transcription: dict[str, Any] = {
-        "http": {"time_s": summary([r["time_s"] for r in stt_h]), "rtf": summary([r["rtf"] for r in stt_h])},
-        "direct": {
-            "time_s": summary([r["time_s"] for r in stt_d]),
-            "rtf": summary([r["rtf"] for r in stt_d]),
-        },
-        "paired": {"time_http_over_direct": paired(stt_h, stt_d, "time_s")},
+        side: {"time_s": summary([r["time_s"] for r in runs]), "rtf": summary([r["rtf"] for r in runs])}
+        for side, runs in (("http", stt_h), ("engine", stt_e))
     }
-    tts_h, tts_d = raw["speech"]["http"], raw["speech"]["direct"]
+    transcription["paired"] = {"time_http_over_engine": paired(stt_h, stt_e, "time_s")}
+    tts_h, tts_e = raw["speech"]["http"], raw["speech"]["engine"]
     speech: dict[str, Any] = {
         "http": {"ttfb_s": summary([r["ttfb_s"] for r in tts_h])},
-        "direct": {"ttfb_s": summary([r["ttfb_s"] for r in tts_d])},
-        "paired": {"ttfb_http_over_direct": paired(tts_h, tts_d, "ttfb_s")},
+        "engine": {"ttfb_s": summary([r["ttfb_s"] for r in tts_e])},
+        "paired": {"ttfb_http_over_engine": paired(tts_h, tts_e, "ttfb_s")},
     }
     concurrency: dict[str, Any] = {}
     for level, samples in raw["concurrency"].items():
@@ -124,14 +130,15 @@ def _summarize_main(raw: dict[str, Any]) -> dict[str, Any]:
             "capped": sum(t["status"] == "incomplete" for t in ok),
             "user_perceived_s": summary([s["user_perceived_s"] for s in ok]),
             "server_compute_s": summary([s["server_compute_s"] for s in ok]),
+            "later_turns_cached": _later_turns_cached(samples),
         }
-    ttft_overhead = chat["paired"]["ttft_http_minus_direct_s"]["p50"]
+    ttft_overhead = chat["paired"]["ttft_http_minus_engine_s"]["p50"]
     measures = {
         "voice_compute_over_floor_p50": voice["compute_over_floor"]["p50"],
-        "chat_tokens_per_s_http_over_direct": chat["paired"]["tokens_per_s_http_over_direct"]["p50"],
+        "chat_tokens_per_s_http_over_engine": chat["paired"]["tokens_per_s_http_over_engine"]["p50"],
         "chat_ttft_overhead_ms": None if ttft_overhead is None else ttft_overhead * 1000,
-        "transcription_http_over_direct": transcription["paired"]["time_http_over_direct"]["p50"],
-        "speech_ttfb_http_over_direct": speech["paired"]["ttfb_http_over_direct"]["p50"],
+        "transcription_http_over_engine": transcription["paired"]["time_http_over_engine"]["p50"],
+        "speech_ttfb_http_over_engine": speech["paired"]["ttfb_http_over_engine"]["p50"],
         "concurrency_all_turns_completed": all(c["completed"] == c["turns"] for c in concurrency.values())
         if concurrency
         else None,
@@ -147,6 +154,14 @@ def _summarize_main(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _later_turns_cached(samples: list[dict[str, Any]]) -> float | None:
+    """The share of the prompt tokens of each session's second and later turns that the model had
+    already evaluated (``cached_tokens`` over ``input_tokens`` from ``response.done``)."""
+    later = [s for s in samples if s.get("turn", 0) > 0 and s.get("input_tokens")]
+    total = sum(s["input_tokens"] for s in later)
+    return sum(s.get("cached_tokens", 0) for s in later) / total if total else None
+
+
 def _capped(counts: dict[str, Any]) -> str:
     n = counts.get("capped", 0)
     return f" ({n} cut at max_output_tokens)" if n else ""
@@ -158,6 +173,8 @@ def _ms(v: float | None) -> str:
 
 def table(summ: dict[str, Any]) -> str:
     lines = _main_lines(summ) if "voice" in summ else []
+    if "mixed" in summ:
+        lines += mixed.table_lines(summ["mixed"])
     if "soak" in summ:
         lines += soak.table_lines(summ["soak"])
     lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")
@@ -182,14 +199,14 @@ def _main_lines(summ: dict[str, Any]) -> list[str]:
     row("server compute (speech_stopped->audio)", v["server_compute_s"])
     for name, s in v["stages_s"].items():
         row(f"  stage {name}", s)
-    row("floor (engines direct)", v["floor_s"]["total"])
+    row("floor (engines in-process)", v["floor_s"]["total"])
     for name in ("stt", "llm_first_clause", "tts_first_chunk"):
         row(f"  floor {name}", v["floor_s"][name])
     c = summ["chat"]
-    lines.append("HTTP")
+    lines.append("HTTP against the same engines in-process (engine: no HTTP, JSON or SSE)")
     lines.append(
-        f"  chat TTFT p50: http {_ms(c['http']['ttft_s']['p50'])} ms, direct {_ms(c['direct']['ttft_s']['p50'])} ms; "
-        f"tokens/s p50: http {c['http']['tokens_per_s']['p50'] or 0:.1f}, direct {c['direct']['tokens_per_s']['p50'] or 0:.1f}"
+        f"  chat TTFT p50: http {_ms(c['http']['ttft_s']['p50'])} ms, engine {_ms(c['engine']['ttft_s']['p50'])} ms; "
+        f"tokens/s p50: http {c['http']['tokens_per_s']['p50'] or 0:.1f}, engine {c['engine']['tokens_per_s']['p50'] or 0:.1f}"
     )
     pc = c["paired"]
 
@@ -198,48 +215,51 @@ def _main_lines(summ: dict[str, Any]) -> list[str]:
             return "-"
         return f"{stat['p50']:.3f} (middle half {stat['p25']:.3f} to {stat['p75']:.3f}, {stat['n']} rounds)"
 
-    of_p50s = ratio(c["http"]["tokens_per_s"]["p50"], c["direct"]["tokens_per_s"]["p50"])
+    of_p50s = ratio(c["http"]["tokens_per_s"]["p50"], c["engine"]["tokens_per_s"]["p50"])
     lines.append(
-        f"  chat tokens/s per round, http/direct: {spread(pc['tokens_per_s_http_over_direct'])}; "
+        f"  chat tokens/s per round, http/engine: {spread(pc['tokens_per_s_http_over_engine'])}; "
         f"ratio of the p50s {of_p50s or 0:.3f}"
     )
-    if pc["tokens_per_s_engine_over_direct"]["n"]:
-        lines.append(
-            f"    localrt engine without HTTP: engine/direct {spread(pc['tokens_per_s_engine_over_direct'])}; "
-            f"http/engine {spread(pc['tokens_per_s_http_over_engine'])}"
-        )
     t = summ["transcription"]
     lines.append(
         f"  transcription p50: http {_ms(t['http']['time_s']['p50'])} ms (RTF {t['http']['rtf']['p50'] or 0:.3f}), "
-        f"direct {_ms(t['direct']['time_s']['p50'])} ms (RTF {t['direct']['rtf']['p50'] or 0:.3f})"
+        f"engine {_ms(t['engine']['time_s']['p50'])} ms (RTF {t['engine']['rtf']['p50'] or 0:.3f})"
     )
     s = summ["speech"]
     lines.append(
-        f"  speech TTFB p50: http {_ms(s['http']['ttfb_s']['p50'])} ms, direct {_ms(s['direct']['ttfb_s']['p50'])} ms"
+        f"  speech TTFB p50: http {_ms(s['http']['ttfb_s']['p50'])} ms, engine {_ms(s['engine']['ttfb_s']['p50'])} ms"
     )
-    lines.append("Concurrent sessions (user-perceived, ms)")
+    lines.append("Concurrent sessions, alternating turns (user-perceived, ms)")
+    cached = []
     for level, cs in summ["concurrency"].items():
         up = cs["user_perceived_s"]
         lines.append(
             f"  {level} session(s): {cs['completed']}/{cs['turns']} turns completed{_capped(cs)}, "
             f"p50 {_ms(up['p50'])}, p95 {_ms(up['p95'])}"
         )
+        if cs.get("later_turns_cached") is not None:
+            cached.append(f"{level} session(s) {cs['later_turns_cached'] * 100:.0f}%")
+    if cached:
+        lines.append(f"  prompt tokens already evaluated on turns 2+ (cached_tokens): {', '.join(cached)}")
     return lines
 
 
 def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
     """One panel per view of the stages that ran: the voice turn's stages and the concurrency levels
-    (main run), the server's RSS over the soak."""
+    (main run), voice turns alone and under mixed load, the server's RSS over the soak."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main, soaked = "voice" in summ, "soak" in raw
-    fig, axes = plt.subplots(1, 2 * main + soaked, figsize=(6 * (2 * main + soaked), 5), squeeze=False)
+    main, mixed_ran, soaked = "voice" in summ, "mixed" in raw, "soak" in raw
+    panels = 2 * main + mixed_ran + soaked
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5), squeeze=False)
     if main:
         _voice_panel(axes[0][0], summ["voice"])
         _concurrency_panel(axes[0][1], raw["concurrency"])
+    if mixed_ran:
+        mixed.chart(axes[0][2 * main], raw["mixed"])
     if soaked:
         soak.chart(axes[0][-1], raw["soak"])
     fig.tight_layout()
@@ -261,7 +281,7 @@ def _voice_panel(ax: Any, v: dict[str, Any]) -> None:
         for (name, _, _), value, color in zip(STAGES, values, colors, strict=False):
             ax.bar(col, value, bottom=bottom, color=color, label=name if col == 0 else None)
             bottom += value
-    ax.set_xticks([0, 1], ["server (p50 stages)", "floor (engines direct)"])
+    ax.set_xticks([0, 1], ["server (p50 stages)", "floor (engines in-process)"])
     ax.set_ylabel("ms after speech_stopped")
     ax.set_title("Voice turn: time to first reply audio")
     ax.legend()

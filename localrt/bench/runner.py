@@ -1,8 +1,9 @@
-"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP pairs, concurrency, the soak,
-report. ``--soak`` runs the soak alone.
+"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP against the engines,
+concurrency, the mixed load, the soak, report. ``--soak`` runs the soak alone.
 
-By default the server runs in this process (uvicorn in a thread, over the same engines the floor
-uses); ``--url`` measures a running server instead, with the floor computed on engines loaded here.
+By default the server runs in this process (uvicorn in a thread, over the same engines the floor and
+the engine sides use); ``--url`` measures a running server instead, with the floor and the engine
+sides computed on engines loaded here. Both go through the engine interfaces only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,17 @@ from tqdm import tqdm
 
 from localrt.app import create_app
 from localrt.bench import http as http_bench
-from localrt.bench import report, soak
-from localrt.bench.inputs import Utterance, synthesize
-from localrt.bench.voice import VoiceClient, apply_marks, floor_turn, run_turn
+from localrt.bench import mixed, report, soak
+from localrt.bench.inputs import Utterance, long_speech, synthesize
+from localrt.bench.load import BackgroundLoad
+from localrt.bench.voice import TURN_TIMEOUT_S, VoiceClient, apply_marks, floor_turn, run_turn
 from localrt.engines import Engines, load_engines
+from localrt.engines.interfaces import ChatModel
 from localrt.serving import serve_in_thread
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
+Side = Callable[[int], Awaitable[dict[str, Any]]]  # one side of an HTTP comparison, round i
 
 
 @dataclass
@@ -42,6 +46,8 @@ class BenchConfig:
     http_runs: int = 24
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
+    mixed_turns: int = 10  # 0: no mixed-load stage
+    mixed_audio_s: float = 90.0  # the background transcription's audio (longer than bulk_audio_seconds)
     out: Path = Path("bench-results")
     warmup: bool = True
     settings: Settings = field(default_factory=lambda: Settings())
@@ -60,15 +66,29 @@ class BenchConfig:
         return self.server_pid if self.url else "self"
 
 
-async def _session_turns(url: str, api_key: str | None, utts: list[Utterance]) -> list[dict[str, Any]]:
-    out = []
-    async with VoiceClient(url, api_key) as client:
-        for utt in utts:
-            sample = await client.turn(utt)
-            if sample.response_id:
-                apply_marks(sample, await client.server_marks(sample.response_id))
-            out.append(sample.to_dict())
-    return out
+async def _concurrent_sessions(
+    url: str, api_key: str | None, batches: list[list[Utterance]]
+) -> list[dict[str, Any]]:
+    """``len(batches)`` sessions open at once, talking in rounds: in round k every session speaks its
+    turn k at the same time, so each session's turns alternate with the others' (its history is
+    interleaved with theirs in the LLM, which per-session KV state is for). The timing marks are read
+    between rounds. Samples come session by session, each with its ``session`` and ``turn``."""
+    per_session: list[list[dict[str, Any]]] = [[] for _ in batches]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(VoiceClient(url, api_key)) for _ in batches]
+        for k in range(max(map(len, batches), default=0)):
+            talking = [
+                (s, c, b[k]) for s, (c, b) in enumerate(zip(clients, batches, strict=True)) if k < len(b)
+            ]
+            samples = await asyncio.gather(*(c.turn(utt) for _, c, utt in talking))
+            for (s, client, _), sample in zip(talking, samples, strict=True):
+                if sample.status == "timeout":  # its late reply must not be taken for the next turn's
+                    await client.drain(TURN_TIMEOUT_S)
+                elif sample.response_id:
+                    with contextlib.suppress(httpx.HTTPError):  # the latency split is a bonus
+                        apply_marks(sample, await client.server_marks(sample.response_id))
+                per_session[s].append({**sample.to_dict(), "session": s, "turn": k})
+    return [t for session in per_session for t in session]
 
 
 async def run(cfg: BenchConfig, engines: Engines | None = None) -> dict[str, Any]:
@@ -85,106 +105,157 @@ async def run(cfg: BenchConfig, engines: Engines | None = None) -> dict[str, Any
             await asyncio.to_thread(engines.close)
 
 
+class _Stages:
+    """The main run's stages, sharing the server's address, the inputs and the clients."""
+
+    def __init__(
+        self, cfg: BenchConfig, url: str, engines: Engines, utts: list[Utterance], model: ChatModel
+    ) -> None:
+        self.cfg, self.url, self.engines, self.utts, self.model = cfg, url, engines, utts, model
+        self.key = cfg.api_key or "unused"
+        # The HTTP chat client runs in a child process, as a real client does (see chat_http_client_process).
+        self.client_process = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        self.http = httpx.Client(base_url=url, timeout=120, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+        self.client_process.shutdown()
+
+    def _chat_http(self, question: str) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(
+            self.client_process, http_bench.chat_http_client_process, self.url, self.key, question
+        )
+
+    async def warmup(self) -> None:
+        """One of each, not recorded: first calls pay one-off allocation costs."""
+        await run_turn(self.url, self.utts[0], self.cfg.api_key)
+        await self._chat_http("Hello")
+
+    async def voice(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        for utt in itertools.islice(itertools.cycle(self.utts), self.cfg.turns):
+            raw["voice_turns"].append((await run_turn(self.url, utt, self.cfg.api_key)).to_dict())
+            raw["floor"].append((await floor_turn(self.engines, utt)).to_dict())
+            progress(1)
+
+    async def _rounds(
+        self,
+        out: dict[str, list[dict[str, Any]]],
+        http: Side,
+        engine: Side,
+        progress: Callable[[int], object],
+    ) -> None:
+        """``http_runs`` rounds: in round i both sides run on input i back to back, taking turns at
+        going first."""
+        for i in range(self.cfg.http_runs):
+            sides = [("http", http), ("engine", engine)]
+            for side, call in sides if i % 2 == 0 else sides[::-1]:
+                out[side].append(await call(i))
+            progress(1)
+
+    # Every measured chat starts from the same KV cache: the previous request shared only the system
+    # prompt. Otherwise whichever side ran second would find its whole prompt cached and show a time to
+    # first token with no prompt evaluation in it.
+    async def _chat_http_side(self, i: int) -> dict[str, Any]:
+        await asyncio.to_thread(http_bench.prime_http, self.http)
+        return await self._chat_http(http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)])
+
+    async def _chat_engine_side(self, i: int) -> dict[str, Any]:
+        await http_bench.prime_engine(self.model)
+        return await http_bench.chat_engine(
+            self.model, http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)]
+        )
+
+    async def chat(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        await self._rounds(raw["chat"], self._chat_http_side, self._chat_engine_side, progress)
+
+    async def transcription(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        stt = self.engines.stt
+        assert stt is not None  # the floor has run on it already
+
+        async def http(i: int) -> dict[str, Any]:
+            utt = self.utts[i % len(self.utts)]
+            return await asyncio.to_thread(http_bench.transcription_http, self.http, utt)
+
+        async def engine(i: int) -> dict[str, Any]:
+            return await http_bench.transcription_engine(stt, self.utts[i % len(self.utts)])
+
+        await self._rounds(raw["transcription"], http, engine, progress)
+
+    async def speech(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        tts = self.engines.tts
+        assert tts is not None  # it made the inputs
+
+        async def http(i: int) -> dict[str, Any]:
+            return await asyncio.to_thread(http_bench.speech_http, self.http)
+
+        async def engine(i: int) -> dict[str, Any]:
+            return await http_bench.speech_engine(tts)
+
+        await self._rounds(raw["speech"], http, engine, progress)
+
+    async def concurrency(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        n = self.cfg.turns_per_session
+        for level in self.cfg.concurrency:
+            batches = [[self.utts[(s + k) % len(self.utts)] for k in range(n)] for s in range(level)]
+            raw["concurrency"][str(level)] = await _concurrent_sessions(self.url, self.cfg.api_key, batches)
+            progress(1)
+
+    async def mixed(self, progress: Callable[[int], object]) -> dict[str, Any]:
+        wav = http_bench.wav16k(long_speech(self.utts, self.cfg.mixed_audio_s))
+        return await mixed.run(
+            lambda utt: run_turn(self.url, utt, self.cfg.api_key),
+            self.utts,
+            self.cfg.mixed_turns,
+            BackgroundLoad(self.url, self.cfg.api_key, wav=wav),
+            progress,
+            transcription_audio_s=self.cfg.mixed_audio_s,
+        )
+
+
 async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     utts = await synthesize(engines.tts)
-    questions = list(itertools.islice(itertools.cycle(utts), cfg.turns))
     conc_turns = sum(level * cfg.turns_per_session for level in cfg.concurrency)
     soak_turns = cfg.soak_sessions * cfg.soak_turns if cfg.soaks else 0
-    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1 + soak_turns
+    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1 + 2 * cfg.mixed_turns + soak_turns
     raw: dict[str, Any] = {
         "machine": report.machine(),
         "url": cfg.url or "in-process",
         "voice_turns": [],
         "floor": [],
-        "chat": {"http": [], "direct": [], "engine": []},
-        "transcription": {"http": [], "direct": []},
-        "speech": {"http": [], "direct": []},
+        "chat": {"http": [], "engine": []},
+        "transcription": {"http": [], "engine": []},
+        "speech": {"http": [], "engine": []},
         "concurrency": {},
     }
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-    llm = await engines.llm.get(None)
-    loop = asyncio.get_running_loop()
-    # The HTTP chat client runs in a child process, as a real client does (see chat_http_client_process).
-    client_process = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    with (
-        client_process,
-        tqdm(total=total, desc="bench", unit="step") as bar,
-        httpx.Client(base_url=url, timeout=120, headers=headers) as http,
-    ):
-        if cfg.warmup:  # one of each, not recorded: first calls pay one-off allocation costs
-            await run_turn(url, utts[0], cfg.api_key)
-            await loop.run_in_executor(
-                client_process, http_bench.chat_http_client_process, url, cfg.api_key or "unused", "Hello"
-            )
-        bar.update(1)
-
-        for utt in questions:
-            sample = await run_turn(url, utt, cfg.api_key)
-            raw["voice_turns"].append(sample.to_dict())
-            raw["floor"].append((await floor_turn(engines, utt)).to_dict())
+    stages = _Stages(cfg, url, engines, utts, await engines.llm.get(None))
+    try:
+        with tqdm(total=total, desc="bench", unit="step") as bar:
+            if cfg.warmup:
+                await stages.warmup()
             bar.update(1)
-
-        for i in range(cfg.http_runs):
-            question = http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)]
-            pair = [
-                (
-                    "http",
-                    lambda q=question: loop.run_in_executor(
-                        client_process, http_bench.chat_http_client_process, url, cfg.api_key or "unused", q
-                    ),
-                ),
-                ("direct", lambda q=question: asyncio.to_thread(http_bench.chat_direct, llm, q)),
-                ("engine", lambda q=question: http_bench.chat_engine(llm, q)),
-            ]
-            shift = i % len(pair)  # each side takes each place in the order in turn
-            for side, call in pair[shift:] + pair[:shift]:
-                # Every measured call starts from the same KV cache: the previous request shared only
-                # the system prompt. Otherwise whichever side ran second would find its whole prompt
-                # cached and show a time to first token with no prompt evaluation in it.
-                if side == "http":
-                    await asyncio.to_thread(http_bench.prime_http, http)
-                else:
-                    await asyncio.to_thread(http_bench.prime_direct, llm)
-                raw["chat"][side].append(await call())
-            bar.update(1)
-        for i in range(cfg.http_runs):
-            utt = utts[i % len(utts)]
-            if i % 2 == 0:
-                raw["transcription"]["http"].append(
-                    await asyncio.to_thread(http_bench.transcription_http, http, utt)
-                )
-                raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
-            else:
-                raw["transcription"]["direct"].append(await http_bench.transcription_direct(engines.stt, utt))
-                raw["transcription"]["http"].append(
-                    await asyncio.to_thread(http_bench.transcription_http, http, utt)
-                )
-            bar.update(1)
-        for i in range(cfg.http_runs):
-            if i % 2 == 0:
-                raw["speech"]["http"].append(await asyncio.to_thread(http_bench.speech_http, http))
-                raw["speech"]["direct"].append(await http_bench.speech_direct(engines.tts))
-            else:
-                raw["speech"]["direct"].append(await http_bench.speech_direct(engines.tts))
-                raw["speech"]["http"].append(await asyncio.to_thread(http_bench.speech_http, http))
-            bar.update(1)
-
-        for level in cfg.concurrency:
-            batches = [
-                [utts[(s + k) % len(utts)] for k in range(cfg.turns_per_session)] for s in range(level)
-            ]
-            results = await asyncio.gather(*(_session_turns(url, cfg.api_key, b) for b in batches))
-            raw["concurrency"][str(level)] = [t for session in results for t in session]
-            bar.update(1)
-
-        if cfg.soaks:
-            raw["soak"] = await _soak(cfg, url, utts, bar.update)
+            await stages.voice(raw, bar.update)
+            await stages.chat(raw, bar.update)
+            await stages.transcription(raw, bar.update)
+            await stages.speech(raw, bar.update)
+            await stages.concurrency(raw, bar.update)
+            if cfg.mixed_turns > 0:
+                raw["mixed"] = await stages.mixed(bar.update)
+            if cfg.soaks:
+                raw["soak"] = await _soak(cfg, url, utts, bar.update)
+    finally:
+        stages.close()
     raw["config"] = {
         "turns": cfg.turns,
         "http_runs": cfg.http_runs,
         "concurrency": list(cfg.concurrency),
         "turns_per_session": cfg.turns_per_session,
         "concurrency_turns": conc_turns,
+        "mixed_turns": cfg.mixed_turns,
+        "mixed_audio_s": cfg.mixed_audio_s,
         **_soak_config(cfg),
     }
     return raw

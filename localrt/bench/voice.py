@@ -3,8 +3,9 @@
 A turn: a raw WebSocket client streams a spoken question at real-time pace in 20 ms chunks, then silence,
 with server VAD on, until ``response.done``. The client clock gives the user-perceived latency (last
 voiced sample sent -> first reply audio delta received); the server's timing marks (``/debug/timings``)
-break the server's share into stages. The floor is the same work with no server in between: Whisper on
-the same utterance, the LLM to its first speakable clause, Piper on that clause until its first chunk.
+break the server's share into stages. The floor is the same work on the engines in-process, through their
+interfaces and with no server (HTTP, WebSocket, JSON) in between: speech to text on the same utterance,
+the chat model to its first speakable clause, text to speech on that clause until its first chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 import websockets
 
 from localrt.bench.inputs import INSTRUCTIONS, MAX_OUTPUT_TOKENS, Utterance
-from localrt.engines.llm import SamplingParams, TextDelta
+from localrt.engines import Engines
+from localrt.engines.interfaces import Priority
+from localrt.engines.types import SamplingParams, TextDelta
 from localrt.text.chunker import ClauseChunker
 
 CHUNK_MS = 20
@@ -47,6 +50,8 @@ class TurnSample:
     server_compute_s: float | None = None  # speech_stopped -> first audio delta sent (server clock)
     stages_s: dict[str, float] = field(default_factory=dict)
     reply_audio_s: float = 0.0
+    input_tokens: int = 0  # the reply's prompt, from response.done's usage
+    cached_tokens: int = 0  # of which the model had already evaluated (its KV cache)
     status: str = ""
     reason: str = ""  # why an incomplete response stopped (its status_details.reason)
     error: str = ""
@@ -178,6 +183,10 @@ class VoiceClient:
                     sample.status = event["response"]["status"]
                     sample.reason = (event["response"].get("status_details") or {}).get("reason") or ""
                     sample.reply_audio_s = reply_samples / 24000
+                    usage = event["response"].get("usage") or {}
+                    sample.input_tokens = usage.get("input_tokens") or 0
+                    details = usage.get("input_token_details") or {}
+                    sample.cached_tokens = details.get("cached_tokens") or 0
                     return
 
         sender = asyncio.create_task(send())
@@ -236,10 +245,13 @@ async def run_turn(base_url: str, utt: Utterance, api_key: str | None = None) ->
     return sample
 
 
-async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
-    """The same turn's work on the engines directly: STT, LLM to first clause, TTS to first chunk."""
+async def floor_turn(engines: Engines, utt: Utterance) -> FloorSample:
+    """The same turn's work on the engines in-process, one after another, at a realtime turn's priority:
+    speech to text, the chat model to its first clause, text to speech to its first chunk."""
+    if engines.stt is None or engines.tts is None:
+        raise RuntimeError("the voice floor needs the speech-to-text and text-to-speech engines")
     t0 = time.perf_counter()
-    transcription = await engines.stt.transcribe(utt.pcm16k)
+    transcription = await engines.stt.transcribe(utt.pcm16k, priority=Priority.REALTIME)
     t1 = time.perf_counter()
     llm = await engines.llm.get(None)
     messages = [
@@ -248,8 +260,9 @@ async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
     ]
     chunker = ClauseChunker()
     clause = ""
-    async with llm.chat(messages, params=SamplingParams(max_tokens=MAX_OUTPUT_TOKENS)) as stream:
-        async for event in stream:
+    params = SamplingParams(max_tokens=MAX_OUTPUT_TOKENS)
+    async with llm.chat(messages, params=params, priority=Priority.REALTIME) as job:
+        async for event in job:
             if isinstance(event, TextDelta):
                 clauses = chunker.push(event.text)
                 if clauses:
@@ -260,7 +273,7 @@ async def floor_turn(engines: Any, utt: Utterance) -> FloorSample:
     t2 = time.perf_counter()
     tts_s = 0.0
     if clause:
-        async with engines.tts.stream(clause) as chunks:
+        async with engines.tts.stream(clause, priority=Priority.REALTIME) as chunks:
             async for _ in chunks:
                 break
         tts_s = time.perf_counter() - t2

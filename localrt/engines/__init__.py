@@ -1,30 +1,86 @@
 """Shared engines: created once per server, used by every request and realtime session.
 
-``load_engines`` builds them from settings (blocking: the app's lifespan runs it in a thread so the
-event loop stays free). Tests may build an :class:`Engines` with fakes and pass it to ``create_app``.
+Callers see the engines through the protocols of :mod:`localrt.engines.interfaces` only. Which class
+implements each is a setting (``llm_engine``, ``stt_engine``, ``tts_engine``, ``vad_engine``) looked up in
+:data:`REGISTRY`: another implementation is one class plus one entry here. ``load_engines`` builds them
+(blocking: the app's lifespan runs it in a thread so the event loop stays free). Tests may build an
+:class:`Engines` with fakes and pass it to ``create_app``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localrt import catalog as catalog_mod
+from localrt.engines.interfaces import ChatModels, SpeechToText, TextToSpeech, VoiceActivity
+from localrt.engines.scheduler import SchedulerStats
 from localrt.settings import Settings
 
-if TYPE_CHECKING:
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[Settings, catalog_mod.Catalog], Any]
+
+
+def _llama_cpp(settings: Settings, cat: catalog_mod.Catalog) -> ChatModels:
     from localrt.engines.llm_pool import LLMPool
 
-logger = logging.getLogger(__name__)
+    pool = LLMPool(settings, cat)
+    pool.load_default()
+    return pool
+
+
+def _faster_whisper(settings: Settings, cat: catalog_mod.Catalog) -> SpeechToText:
+    from localrt.engines.stt import WhisperEngine
+
+    return WhisperEngine.from_settings(settings, cat)
+
+
+def _piper(settings: Settings, cat: catalog_mod.Catalog) -> TextToSpeech:
+    from localrt.engines.tts import PiperEngine
+
+    return PiperEngine.from_settings(settings, cat)
+
+
+def _silero(settings: Settings, cat: catalog_mod.Catalog) -> VoiceActivity:
+    from localrt.engines.vad import SileroVAD
+
+    return SileroVAD.from_settings(settings, cat)
+
+
+# kind -> implementation name -> loader (blocking; runs at start-up in a thread).
+REGISTRY: dict[str, dict[str, Loader]] = {
+    "llm": {"llama_cpp": _llama_cpp},
+    "stt": {"faster_whisper": _faster_whisper},
+    "tts": {"piper": _piper},
+    "vad": {"silero": _silero},
+}
+
+
+def _loader(kind: str, name: str) -> Loader:
+    try:
+        return REGISTRY[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY[kind]))
+        raise ValueError(f"unknown {kind}_engine {name!r} (known: {known})") from None
 
 
 @dataclass
 class Engines:
-    llm: LLMPool
-    stt: Any = None  # localrt.engines.stt.WhisperEngine
-    tts: Any = None  # localrt.engines.tts.PiperEngine
-    vad: Any = None  # localrt.engines.vad.SileroVAD
+    llm: ChatModels
+    stt: SpeechToText | None = None
+    tts: TextToSpeech | None = None
+    vad: VoiceActivity | None = None
+
+    def stats(self) -> list[SchedulerStats]:
+        """Every engine's scheduler, for /health and /metrics."""
+        out: list[SchedulerStats] = []
+        for engine in (self.llm, self.stt, self.tts, self.vad):
+            if engine is not None:
+                out.extend(engine.stats())
+        return out
 
     def close(self) -> None:
         for engine in (self.vad, self.tts, self.stt, self.llm):
@@ -37,25 +93,21 @@ class Engines:
 
 def load_engines(settings: Settings, cat: catalog_mod.Catalog | None = None) -> Engines:
     """Load every engine the settings ask for (blocking)."""
-    from localrt.engines.llm_pool import LLMPool
-
     cat = cat or catalog_mod.scan(settings.models_dir)
-    pool = LLMPool(settings, cat)
-    pool.load_default()
-    engines = Engines(llm=pool)
+    loaders = {
+        "llm": _loader("llm", settings.llm_engine),
+        "stt": _loader("stt", settings.stt_engine),
+        "tts": _loader("tts", settings.tts_engine),
+        "vad": _loader("vad", settings.vad_engine),
+    }
+    engines = Engines(llm=loaders["llm"](settings, cat))
     try:
         if settings.load_stt:
-            from localrt.engines.stt import WhisperEngine
-
-            engines.stt = WhisperEngine.from_settings(settings, cat)
+            engines.stt = loaders["stt"](settings, cat)
         if settings.load_tts:
-            from localrt.engines.tts import PiperEngine
-
-            engines.tts = PiperEngine.from_settings(settings, cat)
+            engines.tts = loaders["tts"](settings, cat)
         if settings.load_vad:
-            from localrt.engines.vad import SileroVAD
-
-            engines.vad = SileroVAD.from_settings(settings, cat)
+            engines.vad = loaders["vad"](settings, cat)
     except BaseException:
         engines.close()
         raise

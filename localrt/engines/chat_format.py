@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from localrt.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
 
 TOOL_CALL_OPEN = "<tool_call>\n"
 TOOL_CALL_CLOSE = "\n</tool_call>"
@@ -65,7 +68,7 @@ class ToolPlan:
         return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def parameters_schema(parameters: Any) -> dict[str, Any]:
+def parameters_schema(parameters: object) -> dict[str, Any]:
     """The JSON schema of a function's arguments (an object of anything when it declares none)."""
     if not isinstance(parameters, dict) or not parameters:
         return {"type": "object"}
@@ -192,8 +195,8 @@ class ChatFormatter:
         self.eos_token = eos_token
 
     @classmethod
-    def from_llama(cls, llama: Any) -> ChatFormatter:
-        template = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+    def from_llama(cls, llama: Llama) -> ChatFormatter:
+        template: str = llama.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
 
         def token_text(token_id: int) -> str:
             if token_id < 0:

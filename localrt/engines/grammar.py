@@ -22,9 +22,13 @@ run in the engine's worker, asks llama.cpp's own parser first and frees what it 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localrt.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from llama_cpp import llama_vocab_p
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 # llama.cpp's own ceiling on repetitions (its parser refuses 1001: "exceeds sane defaults").
 MAX_REPEAT = 1000
@@ -219,7 +223,7 @@ def schema_grammar(schema: dict[str, Any], param: str) -> str:
 
     guard(schema, param)
     try:
-        text = json_schema_to_gbnf(json.dumps(schema))
+        text = str(json_schema_to_gbnf(json.dumps(schema)))
     except (
         Exception,
         RecursionError,
@@ -256,13 +260,14 @@ def grammar_nesting(text: str) -> int:
     return deepest
 
 
-def load_grammar(vocab: Any, text: str, param: str) -> Any:
+def load_grammar(vocab: llama_vocab_p, text: str, param: str) -> LlamaGrammar:
     """A ``LlamaGrammar`` for ``text`` once llama.cpp's parser accepts it (call in the model's worker).
 
     llama-cpp-python would chain the sampler ``llama_sampler_init_grammar`` returns without checking it;
     a grammar llama.cpp refuses gives NULL there, so it is built and freed here first.
     """
     import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
 
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
     if not sampler:
@@ -270,4 +275,4 @@ def load_grammar(vocab: Any, text: str, param: str) -> Any:
             f"The JSON schema in '{param}' makes a grammar llama.cpp cannot use; simplify it.", param=param
         )
     llama_cpp.llama_sampler_free(sampler)
-    return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+    return LlamaGrammar.from_string(text, verbose=False)

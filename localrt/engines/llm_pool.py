@@ -2,7 +2,9 @@
 
 OpenAI's well-known model ids are aliases of the default model, so unmodified apps work; any other
 unknown id is ``model_not_found``. Loading happens in a worker thread, never on the event loop, and at
-most ``max_loaded_models`` stay loaded (the least recently used non-default model is closed first).
+most ``max_loaded_models`` stay loaded: the least recently used non-default model is closed first, but
+never one with jobs queued or running (if every candidate is busy, the pool stays over the limit until
+a later load). Closing a model ends its queued and running jobs with EngineClosed, which callers see.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from localrt import catalog as catalog_mod
-from localrt.engines.llm import LLMEngine
+from localrt.engines.llm import LLMEngine, OnJobDone
+from localrt.engines.scheduler import SchedulerStats
 from localrt.errors import ModelNotFound
 from localrt.settings import Settings
 
@@ -56,11 +60,27 @@ OPENAI_REALTIME_ALIASES = frozenset(
 )
 
 
-class LLMPool:
-    """The chat models this server serves: the default one loaded at start-up, others on first use."""
+# (model id, path, settings, on_job_done) -> a loaded model (blocking).
+Loader = Callable[[str, Path, Settings, OnJobDone | None], LLMEngine]
 
-    def __init__(self, settings: Settings, cat: catalog_mod.Catalog) -> None:
+
+class LLMPool:
+    """The chat models this server serves: the default one loaded at start-up, others on first use.
+
+    ``on_job_done`` is every model's scheduler hook (metrics); ``loader`` loads a model (tests swap it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cat: catalog_mod.Catalog,
+        *,
+        on_job_done: OnJobDone | None = None,
+        loader: Loader = LLMEngine.load,
+    ) -> None:
         self._settings = settings
+        self._on_job_done = on_job_done
+        self._loader = loader
+        self._created: dict[str, int] = {}
         self._paths = dict(cat.llms)
         configured = settings.llm_model
         if configured and configured not in self._paths:
@@ -82,7 +102,7 @@ class LLMPool:
 
     def load_default(self) -> LLMEngine:
         """Blocking: load the default model (called in a thread at start-up)."""
-        engine = LLMEngine.load(self.default_id, self._paths[self.default_id], self._settings)
+        engine = self._load(self.default_id)
         self._loaded[self.default_id] = engine
         return engine
 
@@ -117,30 +137,60 @@ class LLMPool:
             if (engine := self._loaded.get(model_id)) is not None:
                 return engine
             loop = asyncio.get_running_loop()
-            engine = await loop.run_in_executor(
-                None, LLMEngine.load, model_id, self._paths[model_id], self._settings
-            )
+            engine = await loop.run_in_executor(None, self._load, model_id)
             self._loaded[model_id] = engine
-            while len(self._loaded) > self._settings.max_loaded_models:
-                victim = next(k for k in self._loaded if k not in (self.default_id, model_id))
-                old = self._loaded.pop(victim)
-                await loop.run_in_executor(None, old.close)
+            await self._evict(keep=model_id)
             return engine
 
-    def info(self, model_id: str) -> tuple[Path, int]:
-        path = self._paths[model_id]
-        return path, int(path.stat().st_mtime) if path.exists() else 0
+    def _load(self, model_id: str) -> LLMEngine:
+        return self._loader(model_id, self._paths[model_id], self._settings, self._on_job_done)
+
+    async def _evict(self, *, keep: str) -> None:
+        """Close least recently used models over ``max_loaded_models``, skipping busy ones."""
+        loop = asyncio.get_running_loop()
+        while len(self._loaded) > self._settings.max_loaded_models:
+            victim = next(
+                (
+                    k
+                    for k, engine in self._loaded.items()
+                    if k not in (self.default_id, keep) and not engine.busy
+                ),
+                None,
+            )
+            if victim is None:
+                busy = [k for k in self._loaded if k not in (self.default_id, keep)]
+                logger.info("over max_loaded_models, but %s have jobs in flight: none evicted", busy)
+                return
+            old = self._loaded.pop(victim)
+            logger.info("evicting chat model %s", victim)
+            await loop.run_in_executor(None, old.close)
+
+    def created(self, model_id: str) -> int:
+        """When the model's file was made (Unix seconds; 0 if unknown)."""
+        if model_id not in self._created:
+            path = self._paths.get(model_id)
+            try:
+                self._created[model_id] = int(path.stat().st_mtime) if path is not None else 0
+            except OSError:
+                self._created[model_id] = 0
+        return self._created[model_id]
 
     @property
     def busy(self) -> bool:
-        """Whether any loaded model is generating right now."""
-        return any(engine.running for engine in self._loaded.values())
+        """Whether any loaded model has a job queued or running."""
+        return any(engine.busy for engine in self._loaded.values())
+
+    def stats(self) -> list[SchedulerStats]:
+        """One entry per loaded model's scheduler."""
+        return [s for engine in list(self._loaded.values()) for s in engine.stats()]
 
     @property
     def loaded_ids(self) -> list[str]:
         return list(self._loaded)
 
     def close(self) -> None:
-        for engine in self._loaded.values():
-            engine.close()
+        """Close every model (blocking): their queued and running jobs end with EngineClosed."""
+        engines = list(self._loaded.values())
         self._loaded.clear()
+        for engine in engines:
+            engine.close()

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localrt.engines import chat_format, grammar
 from localrt.errors import ContextLengthExceeded, InvalidRequest
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 Stopped = Callable[[], bool]
 _SYSTEM_ROLES = ("system", "developer")
@@ -37,8 +41,8 @@ class Cancelled(Exception):
 class ChatPrompt:
     tokens: list[int]
     stop: list[str]
-    grammar: Any = None  # response_format's LlamaGrammar
-    call_grammar: Any = None  # the tool call's LlamaGrammar
+    grammar: LlamaGrammar | None = None  # response_format's
+    call_grammar: LlamaGrammar | None = None  # the tool call's
     dropped: int = 0  # history messages left out to fit the context
 
 
@@ -64,7 +68,7 @@ def keep_from(roles: Sequence[str], cost: Callable[[int], int], budget: int) -> 
     return max((j for j in range(first) if roles[j] == "user"), default=first)
 
 
-def _longest_token(llama: Any) -> int:
+def _longest_token(llama: Llama) -> int:
     import llama_cpp
 
     vocab = llama._model.vocab
@@ -76,7 +80,7 @@ class PromptBuilder:
     """Prompts for one model: render, tokenize, fit, grammars. Use only in the model's worker thread."""
 
     def __init__(
-        self, llama: Any, formatter: chat_format.ChatFormatter, *, max_token_chars: int | None = None
+        self, llama: Llama, formatter: chat_format.ChatFormatter, *, max_token_chars: int | None = None
     ) -> None:
         """Blocking (a pass over the vocabulary): build it where the model is loaded.
 

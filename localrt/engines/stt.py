@@ -3,31 +3,35 @@
 The model is always a LOCAL CTranslate2 folder (the embedded tiny.en, a folder under ``models_dir`` or
 a path): given anything else faster-whisper would try to download from a hub, which we never do.
 Decoding happens while faster-whisper's lazy ``segments`` generator is iterated, so both the call to
-``transcribe`` and the iteration run in this engine's worker thread (see :mod:`.threaded`). Closing a
-stream stops the job within one native call, even inside a 30 s window (see :mod:`.stt_bounds`).
+``transcribe`` and the iteration run in a worker of this engine's
+:class:`~localrt.engines.scheduler.Scheduler`. Closing a stream stops the job within one native call,
+even inside a 30 s window (see :mod:`.stt_bounds`).
+
+Every job is preemptible: between segments, and before each native call (encoder pass, ``generate``,
+``align``), a waiting job of a higher priority (a realtime voice turn waiting behind a long HTTP or
+bulk transcription) runs first, nested in the same worker thread; the long job then resumes where it
+was. faster-whisper keeps a transcription's state in its generator, so nesting is safe; the per-thread
+stop signal is restored when a nested job ends (see :class:`.stt_bounds.StopSignal`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
 from localrt.catalog import EMBEDDED_STT_ID, Catalog
+from localrt.engines.scheduler import EngineClosed, Job, JobControl, Priority, Scheduler, SchedulerStats
 from localrt.engines.stt_bounds import Stopped, StopSignal, bound, max_new_tokens
-from localrt.engines.threaded import ThreadedStream
+from localrt.engines.types import Segment, Task, Transcription, Word
 from localrt.errors import APIError, InvalidRequest, ModelNotFound, ServerError
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-Task = Literal["transcribe", "translate"]
 
 # Whisper's language codes and the English names OpenAI reports in verbose_json.
 # fmt: off
@@ -58,37 +62,6 @@ _LANGUAGE_NAMES: dict[str, str] = {
 def language_name(code: str) -> str:
     """``en`` -> ``english`` (OpenAI's verbose_json spelling); unknown codes are returned as given."""
     return _LANGUAGE_NAMES.get(code, code)
-
-
-@dataclass(frozen=True)
-class Word:
-    start: float
-    end: float
-    word: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    words: list[Word] | None
-
-
-@dataclass(frozen=True)
-class Transcription:
-    text: str
-    language: str
-    duration: float
-    segments: list[Segment]
 
 
 @dataclass(frozen=True)
@@ -131,7 +104,19 @@ class WhisperEngine:
         "gpt-4o-mini-transcribe-2025-12-15",
     )
 
-    def __init__(self, model_id: str, model: Any, *, device: str, compute_type: str) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        model: Any,
+        *,
+        device: str,
+        compute_type: str,
+        slots: int = 1,
+        max_queue: int = 32,
+    ) -> None:
+        """``slots``: transcriptions run at once (give the CTranslate2 model as many workers);
+        ``max_queue``: transcriptions waiting beyond those, past which ``stream`` / ``transcribe``
+        raise :class:`~localrt.engines.scheduler.QueueFull`."""
         self.id = model_id
         self.device = device
         self.compute_type = compute_type
@@ -141,8 +126,7 @@ class WhisperEngine:
         self._stop_signal = StopSignal()
         if hasattr(model, "model") and hasattr(model, "feature_extractor"):
             bound(model, self._stop_signal)
-        # One worker: CTranslate2 runs one generation per model replica at a time anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stt-{model_id}")
+        self.scheduler = Scheduler("stt", slots=slots, max_queue=max_queue)
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: Catalog) -> WhisperEngine:
@@ -158,10 +142,21 @@ class WhisperEngine:
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         model = WhisperModel(
-            str(path), device=device, compute_type=compute_type, cpu_threads=settings.stt_threads
+            str(path),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=settings.stt_threads,
+            num_workers=settings.stt_slots,  # CTranslate2 runs one call per worker at a time
         )
         logger.info("loaded whisper %s from %s on %s/%s", model_id, path, device, compute_type)
-        return cls(model_id, model, device=device, compute_type=compute_type)
+        return cls(
+            model_id,
+            model,
+            device=device,
+            compute_type=compute_type,
+            slots=settings.stt_slots,
+            max_queue=settings.stt_max_queue,
+        )
 
     def model_ids(self) -> list[str]:
         """Every model name a request may use for this engine (its id first)."""
@@ -180,16 +175,19 @@ class WhisperEngine:
         temperature: float = 0.0,
         word_timestamps: bool = False,
         task: Task = "transcribe",
-    ) -> ThreadedStream[Segment]:
-        """Segments as Whisper decodes them. Close the stream (``async with``) to stop early."""
+        priority: Priority = Priority.HTTP,
+    ) -> Job[Segment]:
+        """Segments as Whisper decodes them. Close the stream (``async with``) to stop early.
+
+        The job is queued at once: raises QueueFull / EngineClosed here, not from the iterator."""
         produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
 
-        def segments_only(stop: threading.Event) -> Iterator[Segment]:
-            for item in produce(stop):
+        def segments_only(control: JobControl) -> Iterator[Segment]:
+            for item in produce(control):
                 if isinstance(item, Segment):
                     yield item
 
-        return ThreadedStream(self._executor, segments_only)
+        return self.scheduler.submit(segments_only, priority=priority, preemptible=True)
 
     async def transcribe(
         self,
@@ -200,11 +198,13 @@ class WhisperEngine:
         temperature: float = 0.0,
         word_timestamps: bool = False,
         task: Task = "transcribe",
+        priority: Priority = Priority.HTTP,
     ) -> Transcription:
         produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
         info = _Info(language or "en", len(audio) / self.sample_rate)
         segments: list[Segment] = []
-        async with ThreadedStream(self._executor, produce) as items:
+        job = self.scheduler.submit(produce, priority=priority, preemptible=True)
+        async with job as items:
             async for item in items:
                 if isinstance(item, _Info):
                     info = item
@@ -213,8 +213,12 @@ class WhisperEngine:
         text = "".join(s.text for s in segments).strip()
         return Transcription(text=text, language=info.language, duration=info.duration, segments=segments)
 
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """End every queued and running transcription with EngineClosed (blocking, bounded)."""
+        self.scheduler.close()
         self._model = None
 
     def _producer(
@@ -225,9 +229,9 @@ class WhisperEngine:
         temperature: float,
         word_timestamps: bool,
         task: Task,
-    ) -> Any:
+    ) -> Callable[[JobControl], Iterator[_Info | Segment]]:
         if self._model is None:
-            raise ServerError("The speech-to-text engine is closed.")
+            raise EngineClosed("The speech-to-text engine is closed.")
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise InvalidRequest("Audio must be mono.", param="file")
@@ -249,9 +253,10 @@ class WhisperEngine:
         model = self._model
         signal = self._stop_signal
 
-        def produce(stop: threading.Event) -> Iterator[_Info | Segment]:
+        def produce(control: JobControl) -> Iterator[_Info | Segment]:
             try:
-                with signal.watching(stop):
+                # Before each native call: stop if closed, run waiting higher-priority jobs first.
+                with signal.watching(control):
                     segments, info = model.transcribe(
                         audio,
                         language=language,

@@ -8,7 +8,9 @@ segments leaves a vanished client's job running for seconds. Three bounds, insta
 ``WhisperModel`` by :func:`bound`:
 
 - :class:`StopSignal` is checked before every native call (and between blocks of the features), so a
-  stopped job ends within one call: one encoder pass or one ``generate``.
+  stopped job ends within one call: one encoder pass or one ``generate``. When the job's stop event is
+  a scheduler's :class:`~localrt.engines.scheduler.JobControl`, the same points are preemption points:
+  waiting jobs of a higher priority run there first, nested in the same thread.
 - :func:`max_new_tokens` caps one ``generate`` at what OpenAI's reference implementation decodes per
   window (``n_text_ctx // 2``, 224 tokens; faster-whisper allows up to 448 minus the prompt). A window
   cut short is not lost: decoding resumes at its last complete segment.
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from localrt.engines.scheduler import JobControl
+
 
 def max_new_tokens(model: Any) -> int:
     """Tokens one ``generate`` may add for ``model`` (a ``WhisperModel``; its context is 448 tokens).
@@ -43,22 +47,33 @@ class Stopped(Exception):
 
 
 class StopSignal:
-    """The stop event of the job running on the current thread (one job per worker thread)."""
+    """The stop event of the job running on the current thread.
+
+    A worker thread runs one job at a time, but a job may run nested inside another one's suspended
+    generator (a scheduler's preemption), so ``watching`` restores the enclosing job's event when the
+    nested job ends: the jobs on one thread form a stack."""
 
     def __init__(self) -> None:
         self._local = threading.local()
 
     @contextlib.contextmanager
     def watching(self, stop: threading.Event) -> Iterator[None]:
+        previous: threading.Event | None = getattr(self._local, "stop", None)
         self._local.stop = stop
         try:
             yield
         finally:
-            self._local.stop = None
+            self._local.stop = previous
 
     def check(self) -> None:
+        """Raise Stopped if the current job was stopped; first run the waiting higher-priority jobs
+        when the job can yield (they run nested here, and may take a while)."""
         stop: threading.Event | None = getattr(self._local, "stop", None)
-        if stop is not None and stop.is_set():
+        if stop is None:
+            return
+        if isinstance(stop, JobControl) and not stop.is_set() and stop.should_yield():
+            stop.yield_now()
+        if stop.is_set():
             raise Stopped
 
 
@@ -111,7 +126,8 @@ class BlockwiseFeatures:
     ) -> np.ndarray:
         inner = self._inner
         if waveform.ndim != 1 or waveform.shape[0] + padding < 2 * self.block_frames * inner.hop_length:
-            return inner(waveform, padding=padding, chunk_length=chunk_length)
+            whole: np.ndarray = inner(waveform, padding=padding, chunk_length=chunk_length)
+            return whole
         if chunk_length is not None:
             inner.n_samples = chunk_length * inner.sampling_rate
             inner.nb_max_frames = inner.n_samples // inner.hop_length

@@ -6,6 +6,11 @@ first use (the default one at start-up), in the worker thread.
 
 Text is split into sentences here so each :class:`AudioChunk` knows the text it speaks, and the first
 sentence's audio is handed out while the next ones are still being synthesized.
+
+Syntheses run through this engine's :class:`~localrt.engines.scheduler.Scheduler` (``tts_slots``
+workers: Piper serialises its phonemizer itself; onnxruntime sessions are safe to run from several
+threads). Each is preemptible between sentences: a waiting job of a higher priority (a realtime turn
+behind a long ``/v1/audio/speech``) runs nested in the same worker, then the long one resumes.
 """
 
 from __future__ import annotations
@@ -15,15 +20,14 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from localrt.catalog import EMBEDDED_VOICE_ID, Catalog
-from localrt.engines.threaded import ThreadedStream
+from localrt.engines.scheduler import EngineClosed, Job, JobControl, Priority, Scheduler, SchedulerStats
+from localrt.engines.types import AudioChunk, Voice
 from localrt.errors import APIError, InvalidRequest, ServerError
 from localrt.settings import Settings
 
@@ -40,21 +44,6 @@ MAX_SENTENCE_CHARS = 300
 
 _SENTENCE = re.compile(r".+?(?:[.!?…。！？]+[\"'”’)\]]*(?=\s|$)|\n|$)", re.S)
 _CLAUSE_END = re.compile(r"[,;:—–]\s")
-
-
-@dataclass(frozen=True)
-class Voice:
-    id: str
-    path: Path
-    sample_rate: int
-    language: str
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    samples: np.ndarray  # int16 mono
-    sample_rate: int
-    text: str  # the sentence this chunk speaks
 
 
 def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
@@ -83,7 +72,7 @@ def read_voice(voice_id: str, path: Path) -> Voice:
 class PiperEngine:
     """Piper voices, shared by the HTTP routes and realtime sessions."""
 
-    id: ClassVar[str] = "piper"
+    id: str = "piper"
     # OpenAI speech model names that route to this engine.
     aliases: ClassVar[tuple[str, ...]] = (
         "tts-1",
@@ -102,11 +91,14 @@ class PiperEngine:
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
         load_voice: Callable[[Voice], Any] | None = None,
+        slots: int = 2,
+        max_queue: int = 32,
     ) -> None:
         """``noise_scale`` / ``noise_w_scale`` override the voices' audio and phoneme-duration noise
         (None keeps each voice's own; 0 for both makes the audio for a text deterministic, 0 for
         ``noise_w_scale`` alone makes its length deterministic); ``load_voice`` replaces
-        ``PiperVoice.load`` (tests)."""
+        ``PiperVoice.load`` (tests). ``slots``: syntheses run at once; ``max_queue``: syntheses waiting
+        beyond those, past which ``stream`` raises QueueFull."""
         self._voices = {v.id: v for v in voices}
         if default_voice not in self._voices:
             raise InvalidRequest(f"Unknown default voice '{default_voice}'.", param="tts_voice")
@@ -124,12 +116,10 @@ class PiperEngine:
         self._noise_w_scale = noise_w_scale
         self._load_voice = load_voice or self._piper_load
         self._loaded: dict[str, Any] = {}
-        self._load_lock = threading.Lock()
-        # Two workers: a long HTTP synthesis must not hold up a realtime turn. Piper serialises its
-        # phonemizer itself; onnxruntime sessions are safe to run from several threads.
-        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="tts"
-        )
+        # Reentrant: a job may run nested inside another one's suspended synthesis on the same thread.
+        self._load_lock = threading.RLock()
+        self._closed = False
+        self.scheduler = Scheduler("tts", slots=slots, max_queue=max_queue)
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: Catalog, **kwargs: Any) -> PiperEngine:
@@ -145,6 +135,8 @@ class PiperEngine:
             settings.tts_voice or EMBEDDED_VOICE_ID,
             voice_map=settings.voice_map,
             use_cuda=settings.tts_use_cuda,
+            slots=settings.tts_slots,
+            max_queue=settings.tts_max_queue,
             **kwargs,
         )
         engine._voice_model(engine.voice(engine.default_voice))
@@ -179,11 +171,13 @@ class PiperEngine:
         )
 
     def stream(
-        self, text: str, *, voice: str | None = None, speed: float = 1.0
-    ) -> ThreadedStream[AudioChunk]:
-        """Audio sentence by sentence. Close the stream (``async with``) to stop synthesis early."""
-        if self._executor is None:
-            raise ServerError("The text-to-speech engine is closed.")
+        self, text: str, *, voice: str | None = None, speed: float = 1.0, priority: Priority = Priority.HTTP
+    ) -> Job[AudioChunk]:
+        """Audio sentence by sentence. Close the stream (``async with``) to stop synthesis early.
+
+        The job is queued at once: raises QueueFull / EngineClosed here, not from the iterator."""
+        if self._closed:
+            raise EngineClosed("The text-to-speech engine is closed.")
         if not text or not text.strip():
             raise InvalidRequest("The input text is empty.", param="input")
         if not MIN_SPEED <= speed <= MAX_SPEED:
@@ -193,31 +187,36 @@ class PiperEngine:
         chosen = self.resolve_voice(voice)
         sentences = split_sentences(text)
 
-        def produce(stop: threading.Event) -> Iterator[AudioChunk]:
+        def produce(control: JobControl) -> Iterator[AudioChunk]:
             try:
-                yield from self._synthesize(chosen, sentences, speed, stop)
+                yield from self._synthesize(chosen, sentences, speed, control)
             except APIError:
                 raise
             except Exception as exc:
                 logger.exception("piper failed")
                 raise ServerError(f"Speech synthesis failed: {exc}") from exc
 
-        return ThreadedStream(self._executor, produce)
+        return self.scheduler.submit(produce, priority=priority, preemptible=True)
 
-    async def synthesize(self, text: str, *, voice: str | None = None, speed: float = 1.0) -> AudioChunk:
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, speed: float = 1.0, priority: Priority = Priority.HTTP
+    ) -> AudioChunk:
         """The whole text as one chunk (``text`` is the input)."""
         sample_rate = self.resolve_voice(voice).sample_rate
         parts: list[np.ndarray] = []
-        async with self.stream(text, voice=voice, speed=speed) as chunks:
+        async with self.stream(text, voice=voice, speed=speed, priority=priority) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.samples)
         samples = np.concatenate(parts) if parts else np.zeros(0, np.int16)
         return AudioChunk(samples=samples, sample_rate=sample_rate, text=text)
 
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """End every queued and running synthesis with EngineClosed (blocking, bounded)."""
+        self._closed = True
+        self.scheduler.close()
         self._loaded.clear()
 
     # --- worker-thread side --------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Voice activity detection with silero VAD, run from its ONNX file on onnxruntime (no torch).
 
 Design:
-- :class:`SileroVAD` is the shared engine: one ``onnxruntime.InferenceSession`` (safe to call from one
-  thread at a time; we use one worker thread) and the executor that runs it.
+- :class:`SileroVAD` is the shared engine: one ``onnxruntime.InferenceSession`` and the
+  :class:`~localrt.engines.scheduler.Scheduler` (one worker) that runs it. Every append of a realtime
+  session is one REALTIME job: a few 32 ms windows, about a millisecond of work, so the queue is deep
+  (every session feeds it continuously) and nothing needs preempting.
 - silero is stateful (an LSTM state plus 64 samples of context carried from window to window), and the
   state belongs to one audio stream. Each realtime session opens its own :class:`VADStream`, which keeps
   that state and a remainder of fewer than 512 samples. Every 32 ms window (512 samples at 16 kHz) is
@@ -12,15 +14,14 @@ Design:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from localrt.catalog import Catalog
+from localrt.engines.scheduler import JobControl, Priority, Scheduler, SchedulerStats
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ SAMPLE_RATE = 16000
 WINDOW = 512  # samples per evaluation at 16 kHz (32 ms): the only size the model accepts
 WINDOW_MS = WINDOW * 1000 // SAMPLE_RATE
 _CONTEXT = 64  # samples of the previous window that the model sees in front of each window
+MAX_QUEUE = 256  # appends waiting; each is a few windows (about 1 ms), from every realtime session
 
 
 class SileroVAD:
@@ -37,10 +39,10 @@ class SileroVAD:
     sample_rate = SAMPLE_RATE
     window = WINDOW
 
-    def __init__(self, path: Path, session: Any) -> None:
+    def __init__(self, path: Path, session: Any, *, max_queue: int = MAX_QUEUE) -> None:
         self.path = path
         self._session = session
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self.scheduler = Scheduler("vad", slots=1, max_queue=max_queue, shares_cpu=False)
 
     @classmethod
     def load(cls, path: Path) -> SileroVAD:
@@ -64,8 +66,12 @@ class SileroVAD:
     def stream(self) -> VADStream:
         return VADStream(self)
 
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """End every queued and running job with EngineClosed (blocking, bounded)."""
+        self.scheduler.close()
 
     # -- worker thread ---------------------------------------------------------------------------------
     def _run(self, frame: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
@@ -104,6 +110,13 @@ class VADStream:
         return probs
 
     async def process(self, samples: np.ndarray) -> list[float]:
-        """:meth:`feed` in the engine's worker thread. Calls for one stream must not overlap."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._engine._executor, self.feed, samples)
+        """:meth:`feed` as a REALTIME job of the engine's scheduler. Calls for one stream must not
+        overlap. Raises QueueFull / EngineClosed."""
+
+        def produce(control: JobControl) -> list[list[float]]:
+            return [self.feed(samples)]
+
+        async with self._engine.scheduler.submit(produce, priority=Priority.REALTIME) as job:
+            async for probabilities in job:
+                return probabilities
+        raise RuntimeError("the VAD job ended without a result")  # cancelled: not reached

@@ -1,7 +1,7 @@
 """Sizes: what a client's item holds as received, and what fits in one server event.
 
 Client items are built here (:func:`build_item`): checked against ``realtime_max_item_bytes`` before
-anything is decoded, with large audio decoded in a worker thread.
+anything is decoded, with large audio decoded in a worker thread (:mod:`.offload`).
 
 Every server event must fit in :data:`~.server_events.MAX_EVENT_BYTES` (1 MiB). Most are small by
 construction; the ones that echo what a client sent (``conversation.item.added`` of a created item,
@@ -13,8 +13,6 @@ would not fit (the transcript stays).
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -25,14 +23,15 @@ import numpy as np
 from localrt.audio.resample import resample
 from localrt.errors import InvalidRequest
 from localrt.realtime import events as ev
-from localrt.realtime.conversation import Conversation, Item, item_from_param
+from localrt.realtime.client_items import item_from_param
+from localrt.realtime.conversation import Conversation, Item
 from localrt.realtime.events import Dialect
 from localrt.realtime.formats import AudioFormat
+from localrt.realtime.offload import INLINE_MAX_CHARS, run_off_loop
 from localrt.realtime.server_events import MAX_EVENT_BYTES
 
 logger = logging.getLogger(__name__)
 
-LARGE_ITEM_AUDIO_CHARS = 256 * 1024  # created items with more base64 audio are decoded in a worker thread
 ENVELOPE_BYTES = 1024  # an event's own fields around the echoed object (type, ids, previous_item_id)
 ECHO_BUDGET = MAX_EVENT_BYTES - ENVELOPE_BYTES
 
@@ -86,11 +85,12 @@ async def build_item(
             code="item_too_large",
             param=where,
         )
-    if audio_chars(param) < LARGE_ITEM_AUDIO_CHARS:
+    if audio_chars(param) <= INLINE_MAX_CHARS:
         item = item_from_param(param, fmt, conversation, where=where)
-    else:  # seconds of audio: decode and resample off the event loop
-        build = functools.partial(item_from_param, param, fmt, conversation, where=where)
-        item = await asyncio.get_running_loop().run_in_executor(None, build)
+    else:  # seconds to minutes of audio: decode and resample off the event loop (awaited: still in order)
+        item = await run_off_loop(
+            lambda stop: item_from_param(param, fmt, conversation, where=where, stop=stop)
+        )
     if wire_bytes(item.to_wire(dialect)) > ECHO_BUDGET:
         raise InvalidRequest(
             "The item's text would not fit in the 1 MiB server event that echoes it "

@@ -14,6 +14,8 @@ kept for ``conversation.item.retrieve`` is forgotten first, transcripts stay). I
 dropped to make room (their audio first, then whole items), without events; a later retrieve of one gets
 ``item_not_found``. Every removal, deletion included, calls ``on_remove`` (the session stops the item's
 transcription there, so nothing keeps its audio alive).
+
+Items from a client's parameters (decoding their audio) are built by :mod:`.client_items`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from localrt.audio.resample import StreamResampler
-from localrt.errors import InvalidRequest
-from localrt.realtime import events as ev
+from localrt.errors import APIError, InvalidRequest
 from localrt.realtime.events import Dialect, new_id, shown
-from localrt.realtime.formats import AudioFormat
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +106,8 @@ class Content:
     detail: str | None = None
     # input audio waiting for Whisper: set once ``transcript`` is final (or transcription failed)
     transcribed: asyncio.Event | None = field(default=None, repr=False)
+    # why transcription failed (the engine's queue was full, it closed...): the transcript stays None
+    transcription_error: APIError | None = field(default=None, repr=False)
 
     def to_wire(self, dialect: Dialect) -> dict[str, Any]:
         kind = self.type
@@ -310,70 +311,6 @@ class Conversation:
 
     def has_call(self, call_id: str) -> bool:
         return any(i.type == "function_call" and i.call_id == call_id for i in self._items)
-
-
-# --- building items from client parameters ------------------------------------------------------------------
-def item_from_param(
-    param: Any, input_format: AudioFormat, conversation: Conversation | None, *, where: str = "item"
-) -> Item:
-    """A parsed ``conversation.item.create`` item -> an :class:`Item`; APIError when it is not allowed."""
-    item_id = param.id or new_id("item")
-    if isinstance(param, ev.FunctionCallItem):
-        return Item(
-            item_id,
-            "function_call",
-            call_id=param.call_id or new_id("call"),
-            name=param.name,
-            arguments=param.arguments,
-        )
-    if isinstance(param, ev.FunctionCallOutputItem):
-        if conversation is not None and not conversation.has_call(param.call_id):
-            raise InvalidRequest(
-                f"Tool call output with call_id {shown(param.call_id)} has no matching function call in the "
-                "conversation.",
-                param=f"{where}.call_id",
-            )
-        return Item(item_id, "function_call_output", call_id=param.call_id, output=param.output)
-    allowed = {
-        "system": {"input_text"},
-        "user": {"input_text", "input_audio", "input_image"},
-        "assistant": {"output_text", "text"},
-    }[param.role]
-    contents: list[Content] = []
-    for i, part in enumerate(param.content):
-        if part.type not in allowed:
-            raise InvalidRequest(
-                f"Invalid value: '{part.type}'. A {param.role} message may hold: "
-                + ", ".join(f"'{t}'" for t in sorted(allowed))
-                + ".",
-                param=f"{where}.content[{i}].type",
-            )
-        contents.append(_content(part, input_format, f"{where}.content[{i}]"))
-    return Item(item_id, "message", role=param.role, content=contents)
-
-
-def _content(part: Any, input_format: AudioFormat, where: str) -> Content:
-    if part.type in ("output_text", "text"):
-        return Content("output_text", text=part.text)
-    if part.type == "input_text":
-        return Content("input_text", text=part.text)
-    if part.type == "input_image":
-        return Content("input_image", image_url=part.image_url, detail=part.detail)
-    clip = decode_clip(part.audio, input_format, f"{where}.audio") if part.audio is not None else None
-    content = Content("input_audio", transcript=part.transcript, audio=clip)
-    if part.transcript is None and clip is not None:
-        content.transcribed = asyncio.Event()  # the session transcribes it
-    return content
-
-
-def decode_clip(b64: str, fmt: AudioFormat, param: str) -> AudioClip:
-    """Client audio -> a 16 kHz int16 clip, piece by piece (no full-length float copy)."""
-    clip = AudioClip(STT_RATE)
-    resampler = StreamResampler(fmt.rate, STT_RATE, dtype=np.int16)
-    for piece in fmt.decode_chunks(b64, param=param):
-        clip.append(resampler.process(piece))
-    clip.append(resampler.process(np.zeros(0, np.int16), last=True))
-    return clip
 
 
 # --- items -> chat messages -------------------------------------------------------------------------------

@@ -19,6 +19,30 @@ from localrt.errors import InvalidRequest
 
 FormatName = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
+# Samples per decoded piece: 2 s of pcm16 at 24 kHz, 6 s of G.711. A multiple of 3, so every piece is a
+# whole number of base64 quanta (4 characters per 3 bytes) in both sample sizes.
+PIECE_SAMPLES = 3 << 14
+
+
+def b64_pieces(b64: str, piece_chars: int, *, param: str = "audio") -> list[bytes]:
+    """Strict base64 (as :func:`~localrt.audio.pcm.b64_to_bytes`) decoded in pieces of ``piece_chars``.
+
+    One ``b64decode`` of 15 MiB is a single C call of ~60 ms that holds the GIL: run in a worker thread,
+    it still stops the event loop for that long. Pieces of 64-128 K characters (one piece of samples)
+    hold it well under 1 ms each, so the loop runs between them. Padding is only valid at the very end,
+    as in a whole-string decode.
+    """
+    if piece_chars % 4:
+        raise ValueError("piece_chars must be a multiple of 4")
+    out: list[bytes] = []
+    last = len(b64) - piece_chars
+    for start in range(0, max(len(b64), 1), piece_chars):
+        piece = b64[start : start + piece_chars]
+        if start < last and piece.endswith("="):
+            raise InvalidRequest("Invalid base64 audio: padding before the end of the data.", param=param)
+        out.append(pcm.b64_to_bytes(piece, param=param))
+    return out
+
 
 @dataclass(frozen=True)
 class AudioFormat:
@@ -31,26 +55,27 @@ class AudioFormat:
 
     def decode(self, b64: str, *, param: str = "audio") -> np.ndarray:
         """base64 in this format -> int16 samples at :attr:`rate`; bad input is the client's error."""
-        data = pcm.b64_to_bytes(b64, param=param)
-        if self.bytes_per_sample == 2:
-            return pcm.bytes_to_int16(data, param=param)
-        return self._decode(data)
+        return np.concatenate([np.zeros(0, np.int16), *self.decode_chunks(b64, param=param)])
 
-    def decode_chunks(self, b64: str, *, param: str = "audio", chunk: int = 1 << 15) -> Iterator[np.ndarray]:
-        """:meth:`decode` in int16 pieces of at most ``chunk`` samples.
+    def decode_chunks(
+        self, b64: str, *, param: str = "audio", chunk: int = PIECE_SAMPLES
+    ) -> Iterator[np.ndarray]:
+        """:meth:`decode` in int16 pieces of ``chunk`` samples (the last one shorter).
 
-        The base64 is decoded and checked whole before the first piece (bad input yields nothing), but no
-        full-length sample array is built: a 15 MiB append costs its bytes plus one piece at a time.
+        The base64 is decoded and checked whole before the first piece (bad input yields nothing), but
+        in pieces of its own (see :func:`b64_pieces`), and no full-length sample array is built: a
+        15 MiB append costs its bytes plus one piece at a time.
         """
-        data = pcm.b64_to_bytes(b64, param=param)
-        if len(data) % self.bytes_per_sample:
-            raise InvalidRequest(
-                f"16-bit PCM audio must have an even number of bytes, got {len(data)}.", param=param
-            )
-        view = memoryview(data)
-        step = chunk * self.bytes_per_sample
-        for start in range(0, len(data), step):
-            yield self._decode(bytes(view[start : start + step]))
+        if chunk % 3:
+            raise ValueError("chunk must be a multiple of 3 (whole base64 quanta per piece)")
+        pieces = b64_pieces(b64, chunk * self.bytes_per_sample // 3 * 4, param=param)
+        n = sum(map(len, pieces))
+        if n % self.bytes_per_sample:
+            raise InvalidRequest(f"16-bit PCM audio must have an even number of bytes, got {n}.", param=param)
+        for i, piece in enumerate(pieces):
+            pieces[i] = b""  # each piece's bytes are freed once decoded
+            if piece:
+                yield self._decode(piece)
 
     def encoded_chars(self, n_samples: int) -> int:
         """The length of the base64 of ``n_samples`` samples in this format."""

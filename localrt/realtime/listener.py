@@ -21,8 +21,8 @@ never fires in the middle of an append.
 **Bounds.** An append that would make the uncommitted buffer hold more than the session's
 ``realtime_max_buffer_bytes`` (as 16 kHz pcm16) is refused whole (``input_audio_buffer_too_large``)
 before it is decoded. Appends are decoded piece by piece (no full-length float copy of a 15 MiB append);
-large ones in a worker thread. Each transcription is tracked by its item, so deleting (or evicting) an
-item stops its transcription and nothing keeps its audio alive.
+large ones, and large commits, in a worker thread (:mod:`.offload`), awaited under the listener's lock,
+so the input stream keeps its order. Transcription is :mod:`.transcriber`'s.
 """
 
 from __future__ import annotations
@@ -30,20 +30,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from localrt.audio.pcm import int16_to_float32
-from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError
+from localrt.errors import InvalidRequest
 from localrt.realtime.config import SessionConfig
 from localrt.realtime.conversation import AudioClip, Content, Conversation, Item
 from localrt.realtime.events import new_id
+from localrt.realtime.formats import AudioFormat
 from localrt.realtime.input_audio import RATE, SAMPLES_PER_MS, InputAudio
-from localrt.realtime.server_events import Event, ServerEvents
-from localrt.realtime.tasks import TaskSet
+from localrt.realtime.offload import INLINE_MAX_CHARS, INLINE_MAX_SAMPLES, check, run_off_loop
+from localrt.realtime.transcriber import Transcriber, TranscriberHost
 from localrt.realtime.turn import TurnDetector, TurnEvent
 from localrt.settings import Settings
 
@@ -51,21 +52,13 @@ logger = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
 SPECULATE_AFTER_MS = 150  # silence inside speech after which Whisper starts speculatively
-LARGE_APPEND_CHARS = 256 * 1024  # ~2.7 s of pcm16: bigger appends are decoded in a worker thread
 
 
-class Host(Protocol):
+class Host(TranscriberHost, Protocol):
     """What the listener needs from its session."""
 
-    id: str
-    cfg: SessionConfig
     settings: Settings
-    events: ServerEvents
-    engines: Any
     conversation: Conversation
-    tasks: TaskSet
-
-    async def emit(self, event: Event | None) -> None: ...
 
     async def interrupt(self) -> None:
         """Barge-in: cancel the default conversation's response if it is still generating."""
@@ -81,7 +74,7 @@ class _Speech:
     item_id: str
     start: int  # the committed audio starts here (padding included), 16 kHz samples
     marks: dict[str, float] = field(default_factory=dict)
-    speculation: asyncio.Task[list[str]] | None = None  # Whisper started during the closing silence
+    speculation: asyncio.Task[list[str] | None] | None = None  # Whisper started in the closing silence
 
     def drop_speculation(self) -> None:
         if self.speculation is not None:
@@ -99,7 +92,7 @@ class Listener:
         self._lock = asyncio.Lock()
         self._idle_deadline: float | None = None
         self._idle_wakeup = asyncio.Event()
-        self._stt: dict[int, set[asyncio.Task[Any]]] = {}  # id(item) -> its running transcriptions
+        self.transcriber = Transcriber(host)
         self.configure(host.cfg, host.cfg)
 
     # --- configuration ---------------------------------------------------------------------------------
@@ -138,20 +131,25 @@ class Listener:
                     code="input_audio_buffer_too_large",
                     param="audio",
                 )
-            if len(audio_b64) < LARGE_APPEND_CHARS:
+            if len(audio_b64) <= INLINE_MAX_CHARS:  # the usual 20-100 ms: cheaper than a thread hop
                 spans = self._decode_and_append(fmt, audio_b64)
-            else:  # seconds of audio: decode and resample off the event loop (still in order)
-                loop = asyncio.get_running_loop()
-                spans = await loop.run_in_executor(None, self._decode_and_append, fmt, audio_b64)
+            else:  # seconds of audio: decode and resample off the event loop (awaited: still in order)
+                spans = await run_off_loop(lambda stop: self._decode_and_append(fmt, audio_b64, stop))
             for start, end in spans:
                 if self._turn is None:  # no VAD: nothing reads the new samples
                     break
                 await self._detect(self.audio.slice(start, end))
 
-    def _decode_and_append(self, fmt: Any, audio_b64: str) -> list[tuple[int, int]]:
-        """Append piece by piece; the 16 kHz span each piece added (VAD reads them back in order)."""
+    def _decode_and_append(
+        self, fmt: AudioFormat, audio_b64: str, stop: threading.Event | None = None
+    ) -> list[tuple[int, int]]:
+        """Append piece by piece; the 16 kHz span each piece added (VAD reads them back in order).
+
+        Off the loop, it runs while the reader awaits it under the lock: nothing else touches the
+        buffer meanwhile."""
         spans: list[tuple[int, int]] = []
         for samples in fmt.decode_chunks(audio_b64, param="audio"):
+            check(stop)
             start = self.audio.end
             self.audio.append(samples)
             spans.append((start, self.audio.end))
@@ -177,7 +175,7 @@ class Listener:
                 await self._host.emit(
                     self._host.events.speech_stopped(self.audio.end // SAMPLES_PER_MS, item_id)
                 )
-            audio = self.audio.take(self.audio.buffer_start, self.audio.end, np.int16)
+            audio = await self._take(self.audio.buffer_start, self.audio.end)
             await self._commit_audio(audio, item_id, speech.marks if speech is not None else {})
 
     async def clear(self) -> None:
@@ -220,10 +218,8 @@ class Listener:
         if silence is None or self._host.engines.stt is None or td.silence_ms < SPECULATE_AFTER_MS + 100:
             return
         if turn.position - silence >= SPECULATE_AFTER_MS * SAMPLES_PER_MS:
-            audio = self.audio.slice(speech.start, self.audio.end)
-            speech.speculation = self._host.tasks.spawn(
-                self._recognize(audio), f"stt-speculative-{speech.item_id}"
-            )
+            audio = self.audio.slice(speech.start, self.audio.end, np.int16)  # a copy, at memcpy speed
+            speech.speculation = self.transcriber.speculate(audio, f"stt-speculative-{speech.item_id}")
 
     async def _speech_started(self, turn_event: TurnEvent) -> None:
         self._arm_idle(None)
@@ -242,7 +238,7 @@ class Listener:
         await self._host.emit(
             self._host.events.speech_stopped(turn_event.position // SAMPLES_PER_MS, speech.item_id)
         )
-        audio = self.audio.take(speech.start, turn_event.commit_end, np.int16)
+        audio = await self._take(speech.start, turn_event.commit_end)
         await self._commit_audio(audio, speech.item_id, speech.marks, speech.speculation)
         td = self._host.cfg.turn_detection
         if td is not None and td.create_response:
@@ -253,7 +249,7 @@ class Listener:
         audio: np.ndarray,
         item_id: str,
         marks: dict[str, float],
-        speculation: asyncio.Task[list[str]] | None = None,
+        speculation: asyncio.Task[list[str] | None] | None = None,
     ) -> None:
         """``audio``: int16 at 16 kHz, kept as the item's clip and transcribed from there."""
         host = self._host
@@ -267,103 +263,23 @@ class Listener:
         wire = item.to_wire(host.events.dialect)
         await host.emit(host.events.item_added(wire, prev))
         await host.emit(host.events.item_done(wire, prev))
-        self._spawn_stt(item, self._transcribe(item, 0, audio, marks, speculation))
+        self.transcriber.transcribe(item, 0, [audio], marks, speculation)
 
-    # --- transcription ----------------------------------------------------------------------------------
+    async def _take(self, start: int, end: int) -> np.ndarray:
+        """:meth:`InputAudio.take` as int16, in a worker thread when long (a manual commit may hold
+        minutes of audio). Called under the lock, so the buffer does not change meanwhile."""
+        if end - start <= INLINE_MAX_SAMPLES:
+            return self.audio.take(start, end, np.int16)
+        return await run_off_loop(lambda _: self.audio.take(start, end, np.int16))
+
+    # --- transcription (the transcriber's) ---------------------------------------------------------------
     def transcribe_item(self, item: Item) -> None:
         """Start Whisper on the audio parts of a client-created item that came without a transcript."""
-        for index, content in enumerate(item.content):
-            if content.transcribed is not None and content.audio is not None:
-                self._spawn_stt(item, self._transcribe(item, index, content.audio.samples(), {}))
-
-    def _spawn_stt(self, item: Item, coro: Any) -> None:
-        task = self._host.tasks.spawn(coro, f"stt-{item.id}")
-        key = id(item)  # not item.id: a response's input item may reuse a conversation item's id
-        tasks = self._stt.setdefault(key, set())
-        tasks.add(task)
-
-        def done(_: asyncio.Task[Any]) -> None:
-            tasks.discard(task)
-            if not tasks and self._stt.get(key) is tasks:
-                del self._stt[key]
-
-        task.add_done_callback(done)
+        self.transcriber.transcribe_item(item)
 
     def forget(self, item: Item) -> None:
         """The item left the conversation (deleted, evicted, or its response ended): stop its Whisper."""
-        for task in list(self._stt.get(id(item), ())):
-            task.cancel()
-
-    async def _recognize(self, audio: np.ndarray, on_segment: Any = None) -> list[str]:
-        """Whisper over ``audio``: the segments' texts (``on_segment(text)`` is awaited for each)."""
-        stt = self._host.engines.stt
-        if stt is None:
-            raise EngineUnavailable("No speech-to-text engine is loaded.")
-        if audio.dtype == np.int16:  # stored audio stays int16 until Whisper takes it
-            audio = int16_to_float32(audio)
-        settings = self._host.cfg.transcription
-        parts: list[str] = []
-        if audio.size:
-            language = settings.language if settings else None
-            prompt = settings.prompt if settings else None
-            async with stt.stream(audio, language=language, prompt=prompt) as segments:
-                async for segment in segments:
-                    parts.append(segment.text)
-                    if on_segment is not None:
-                        await on_segment(segment.text)
-        return parts
-
-    async def _transcribe(
-        self,
-        item: Item,
-        index: int,
-        audio: np.ndarray,
-        marks: dict[str, float],
-        speculation: asyncio.Task[list[str]] | None = None,
-    ) -> None:
-        """Whisper over one audio part; events only if the session asked for transcription.
-
-        The transcript is always kept on the item: it is what the LLM reads as the user's turn.
-        """
-        host = self._host
-        content = item.content[index]
-        report = host.cfg.transcription is not None
-
-        async def delta(text: str) -> None:
-            if report:
-                await host.emit(host.events.transcription_delta(item.id, index, text))
-
-        try:
-            parts: list[str] | None = None
-            if speculation is not None:
-                try:
-                    parts = await speculation
-                except Exception:  # fall back to transcribing the committed audio
-                    logger.warning("session %s: speculative transcription failed", host.id, exc_info=True)
-                else:
-                    for text in parts:
-                        await delta(text)
-            if parts is None:
-                parts = await self._recognize(audio, delta)
-            content.transcript = "".join(parts).strip()
-            marks["stt_done"] = time.monotonic()
-            if report:
-                seconds = audio.size / RATE
-                await host.emit(
-                    host.events.transcription_completed(item.id, index, content.transcript, seconds)
-                )
-        except APIError as exc:
-            logger.warning("session %s: transcription of %s failed: %r", host.id, item.id, exc)
-            if report:
-                await host.emit(host.events.transcription_failed(item.id, index, exc))
-        except Exception:
-            logger.exception("session %s: transcription of %s failed", host.id, item.id)
-            if report:
-                err = ServerError("Transcription failed.")
-                await host.emit(host.events.transcription_failed(item.id, index, err))
-        finally:
-            if content.transcribed is not None:
-                content.transcribed.set()
+        self.transcriber.forget(item)
 
     # --- idle timeout -----------------------------------------------------------------------------------
     def response_started(self) -> None:
@@ -404,5 +320,5 @@ class Listener:
         await host.emit(
             host.events.timeout_triggered(start // SAMPLES_PER_MS, end // SAMPLES_PER_MS, item_id)
         )
-        await self._commit_audio(self.audio.take(start, end, np.int16), item_id, marks)
+        await self._commit_audio(await self._take(start, end), item_id, marks)
         await host.auto_response(marks)

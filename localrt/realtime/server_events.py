@@ -21,7 +21,8 @@ import re
 from typing import Any
 
 from localrt.errors import APIError, ServerError
-from localrt.realtime.events import Dialect, new_id, safe_text
+from localrt.realtime.events import Dialect, new_id
+from localrt.realtime.frames import safe_text
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,12 @@
   stops reading eventually blocks the producers instead of growing memory.
 - **Tasks** (transcriptions, responses) belong to the session's :class:`TaskSet`; when the socket
   closes, all of them are cancelled and awaited, which stops the LLM within one token and TTS/STT
-  within one chunk, so nothing keeps computing for a client that is gone.
+  within one chunk, so nothing keeps computing for a client that is gone. Creating, tracking and
+  cancelling responses is :class:`~.session_responses.SessionResponses`' part.
+- **Cancelling never waits on another session.** ``response.cancel``, barge-in and truncate cancel
+  their response's engine jobs without waiting (a job still queued behind another session's
+  generation leaves the queue at once), so the reader handles the next event within a few event-loop
+  turns of the cancelled job's last piece.
 - Errors in client events become ``error`` events echoing the client's ``event_id``; the loop goes on.
 - **Bounds** (each a setting): the input buffer (:mod:`.listener`), the conversation's items and bytes
   (:mod:`.conversation`), the size of a created item (``realtime_max_item_bytes``, as received), the
@@ -30,14 +35,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from localrt.errors import (
-    APIError,
-    EngineUnavailable,
-    InvalidRequest,
-    RateLimited,
-    ServerError,
-    ServiceUnavailable,
-)
+from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError, ServiceUnavailable
 from localrt.lifecycle import SHUTTING_DOWN, Lifecycle
 from localrt.realtime import budget, config
 from localrt.realtime import events as ev
@@ -46,15 +44,13 @@ from localrt.realtime.conversation import Conversation, Item, Limits
 from localrt.realtime.events import Dialect, new_id, shown
 from localrt.realtime.listener import Listener
 from localrt.realtime.outbox import Outbox
-from localrt.realtime.response import Response, ResponseContext
-from localrt.realtime.response_options import ResponseOptions, response_options
+from localrt.realtime.response import ResponseContext
 from localrt.realtime.server_events import Event, ServerEvents
+from localrt.realtime.session_responses import SessionResponses
 from localrt.realtime.tasks import CLOSE_TIMEOUT_S, TaskSet
 from localrt.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-MAX_METADATA_BYTES = 64 * 1024  # echoed in every response event (OpenAI: 16 pairs of 64 + 512 chars)
 
 
 class RealtimeSession:
@@ -87,12 +83,8 @@ class RealtimeSession:
         limits = Limits(self.settings.realtime_max_items, self.settings.realtime_max_session_bytes)
         self.conversation = Conversation(limits, on_remove=self._forget_item)
         self.listener = Listener(self)
-        self.active: Response | None = None  # the response writing to the default conversation
-        self.responses: dict[str, Response] = {}  # every running response, out-of-band ones too
-        self.finished: list[Response] = []  # the last few, for their timings
-        self._audio_output_started = False
         self.outbox = Outbox(ws, self.events, self.id)
-        self._response_ctx = ResponseContext(
+        response_ctx = ResponseContext(
             session_id=self.id,
             dialect=dialect,
             events=self.events,
@@ -103,6 +95,7 @@ class RealtimeSession:
             conversation=self.conversation,
             timing_log=timing_log,
         )
+        self.responses = SessionResponses(self, response_ctx)
         self._handlers: dict[type, Callable[[Any], Coroutine[Any, Any, None]]] = {
             ev.SessionUpdate: self._session_update,
             ev.TranscriptionSessionUpdate: self._session_update,
@@ -113,8 +106,8 @@ class RealtimeSession:
             ev.ConversationItemRetrieve: self._item_retrieve,
             ev.ConversationItemDelete: self._item_delete,
             ev.ConversationItemTruncate: self._item_truncate,
-            ev.ResponseCreate: self._response_create,
-            ev.ResponseCancel: self._response_cancel,
+            ev.ResponseCreate: self.responses.create,
+            ev.ResponseCancel: self.responses.cancel,
         }
 
     # --- lifetime ------------------------------------------------------------------------------------------
@@ -154,9 +147,7 @@ class RealtimeSession:
         ``error`` (``server_shutting_down``) and close 1001 (going away)."""
         await lifecycle.wait_draining()
         logger.info("session %s: server shutting down", self.id)
-        for response in list(self.responses.values()):
-            if response.active:
-                await response.cancel("client_cancelled")
+        await self.responses.cancel_all()
         await self.close(1001, ServiceUnavailable(SHUTTING_DOWN, code="server_shutting_down"))
 
     async def close(self, code: int, err: APIError | None = None) -> None:
@@ -252,7 +243,7 @@ class RealtimeSession:
             )
         if new.voice != self.cfg.voice:
             param = self._param("audio.output.voice", "voice")
-            if self._audio_output_started:
+            if self.responses.audio_output_started:
                 raise InvalidRequest(
                     "Cannot update a conversation's voice if assistant audio is present.",
                     code="cannot_update_voice",
@@ -276,30 +267,24 @@ class RealtimeSession:
 
     async def interrupt(self) -> None:
         """Barge-in: speech started while the default conversation's response is still generating."""
-        if self.active is not None and self.active.active:
-            await self.active.cancel("turn_detected")
+        await self.responses.interrupt()
 
     async def auto_response(self, marks: dict[str, float]) -> None:
         """The response to a finished turn (server VAD or idle timeout), unless one is still running."""
-        if self.cfg.type != "realtime":
-            return
-        if self.active is not None and self.active.active:
-            logger.info("session %s: a response is still active; not starting another", self.id)
-            return
-        await self._start_response(response_options(self.cfg, None, self.dialect), marks)
+        await self.responses.auto_response(marks)
 
     # --- conversation --------------------------------------------------------------------------------------
     async def _item_create(self, event: ev.ConversationItemCreate) -> None:
         if event.previous_item_id not in (None, "root"):
             self.conversation.get(event.previous_item_id, param="previous_item_id")
-        item = await self._build_item(event.item, "item", self.conversation)
+        item = await self.build_item(event.item, "item", self.conversation)
         wire = item.to_wire(self.dialect)
         prev = self.conversation.add(item, event.previous_item_id)
         await self.emit(self.events.item_added(wire, prev))
         await self.emit(self.events.item_done(wire, prev))
         self.listener.transcribe_item(item)
 
-    async def _build_item(self, param: Any, where: str, conversation: Conversation | None) -> Item:
+    async def build_item(self, param: Any, where: str, conversation: Conversation | None) -> Item:
         return await budget.build_item(
             param,
             self.cfg.input_format,
@@ -333,9 +318,7 @@ class RealtimeSession:
             raise InvalidRequest(
                 f"Item '{item.id}' has no audio at content_index {index}.", param="content_index"
             )
-        for response in list(self.responses.values()):
-            if response.owns(item.id):
-                await response.cancel("client_cancelled")
+        await self.responses.cancel_owner(item.id)
         content = item.content[index]
         clip = content.audio
         if clip is None:  # checked above; keeps the type checker informed
@@ -347,89 +330,3 @@ class RealtimeSession:
             )
         content.transcript = clip.truncate(event.audio_end_ms)
         await self.emit(self.events.item_truncated(item.id, index, event.audio_end_ms))
-
-    # --- responses -----------------------------------------------------------------------------------------
-    async def _response_create(self, event: ev.ResponseCreate) -> None:
-        if self.cfg.type != "realtime":
-            raise InvalidRequest("A transcription session does not create responses.", param="type")
-        opts = response_options(self.cfg, event.response, self.dialect)
-        if opts.audio_output and self.engines.tts is None:
-            raise EngineUnavailable(
-                "Audio output is not available: this server runs without a text-to-speech engine.",
-                param="response." + ("output_modalities" if self.dialect == "ga" else "modalities"),
-            )
-        if opts.conversation == "auto":
-            self._check_no_active_response()
-        limit = self.settings.realtime_max_oob_responses
-        if (
-            opts.conversation == "none"
-            and sum(not r.in_conversation for r in self.responses.values()) >= limit
-        ):
-            raise RateLimited(
-                f"This session already runs {limit} out-of-band responses, this server's limit "
-                "(--realtime-max-oob-responses). Wait for one to end (response.done) or cancel one.",
-                param="response.conversation",
-            )
-        if budget.wire_bytes(opts.metadata, MAX_METADATA_BYTES) > MAX_METADATA_BYTES:
-            raise InvalidRequest(
-                f"The response's metadata is over {MAX_METADATA_BYTES} bytes: it is echoed in every "
-                "response event.",
-                param="response.metadata",
-            )
-        await self._start_response(opts, {})
-
-    def _check_no_active_response(self) -> None:
-        if self.active is not None and self.active.active:
-            raise InvalidRequest(
-                f"Conversation already has an active response in progress: {self.active.id}. Wait until the "
-                "response is finished before creating a new one.",
-                code="conversation_already_has_active_response",
-            )
-
-    async def _context(self, opts: ResponseOptions) -> tuple[list[Item], list[Item]]:
-        """The items a response reads (its ``input``, or the conversation), and those made for it."""
-        if opts.input is None:
-            return list(self.conversation), []
-        items: list[Item] = []
-        made: list[Item] = []
-        for i, param in enumerate(opts.input):
-            if isinstance(param, ev.ItemReference):
-                items.append(self.conversation.get(param.id, param=f"response.input[{i}].id"))
-            else:
-                made.append(await self._build_item(param, f"response.input[{i}]", None))
-                items.append(made[-1])
-        return items, made
-
-    async def _start_response(self, opts: ResponseOptions, marks: dict[str, float]) -> None:
-        context, made = await self._context(opts)
-        if opts.conversation == "auto":
-            self._check_no_active_response()  # again: decoding input audio may have let a turn start one
-        for item in made:
-            self.listener.transcribe_item(item)
-        response = Response(self._response_ctx, opts, context, marks=marks)
-        if opts.conversation == "auto":
-            self.active = response
-            self.listener.response_started()
-        if opts.audio_output:
-            self._audio_output_started = True
-        self.responses[response.id] = response
-        self.tasks.spawn(self._run_response(response, made), response.id)
-
-    async def _run_response(self, response: Response, made: list[Item]) -> None:
-        try:
-            await response.run()
-        finally:
-            for item in made:  # its own input items: their transcription is of no use any more
-                self.listener.forget(item)
-            self.responses.pop(response.id, None)
-            self.finished = [*self.finished[-31:], response]
-            if response.in_conversation:
-                self.listener.response_finished(response.audio_ms)
-
-    async def _response_cancel(self, event: ev.ResponseCancel) -> None:
-        target = self.responses.get(event.response_id) if event.response_id is not None else self.active
-        if target is None or not target.active:
-            raise InvalidRequest(
-                "Cancellation failed: no active response found.", code="response_cancel_not_active"
-            )
-        await target.cancel("client_cancelled")

@@ -5,18 +5,22 @@ with the sample range it occupies (an :class:`~.conversation.AudioClip` span), s
 matches the audio sent and ``conversation.item.truncate`` can later cut the text at the played position.
 One streaming resampler per part carries the filter state across clauses (no clicks at clause joins);
 :meth:`SpeechWriter.flush` pushes out its last few milliseconds when the part ends.
+
+Each clause is one TTS job of priority ``REALTIME`` (before HTTP speech requests in the engine's queue).
+Leaving its stream (the response was cancelled) never waits: a job still queued behind other sessions'
+synthesis leaves the queue at once, a running one stops at its next chunk.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
-from typing import Any
 
 import numpy as np
 
 from localrt.audio.resample import StreamResampler
+from localrt.engines.interfaces import TextToSpeech
+from localrt.engines.scheduler import Priority
 from localrt.realtime.conversation import AudioClip, Content
 from localrt.realtime.formats import AudioFormat
 from localrt.realtime.server_events import ContentRef, Event, ServerEvents
@@ -35,7 +39,7 @@ class SpeechWriter:
         fmt: AudioFormat,
         voice: str,
         speed: float,
-        tts: Any,
+        tts: TextToSpeech | None,
         events: ServerEvents,
         emit: Emit,
         timings: dict[str, float],
@@ -59,8 +63,9 @@ class SpeechWriter:
         text = speakable(clause)
         started = False
         if text and self._tts is not None:
-            async with aclosing(self._tts.stream(text, voice=self._voice, speed=self._speed)) as chunks:
-                async for chunk in chunks:
+            stream = self._tts.stream(text, voice=self._voice, speed=self._speed, priority=Priority.REALTIME)
+            async with stream:  # queued here (QueueFull / EngineClosed raise); leaving never waits
+                async for chunk in stream:
                     self._timings.setdefault("tts_first_chunk", time.monotonic())
                     if self._resampler is None:
                         self._resampler = StreamResampler(chunk.sample_rate, self._fmt.rate, dtype=np.int16)

@@ -37,7 +37,9 @@ class TaskSet:
             logger.error("session task %s failed", task.get_name(), exc_info=task.exception())
 
     async def aclose(self) -> None:
-        """Cancel every task and wait for them (their engines' workers stop within a token or chunk)."""
+        """Cancel every task and wait for them. Cancelling never waits on an engine: a task's queued job
+        leaves its queue at once and a running one is told to stop, so they end within a few loop turns
+        (the timeout is a backstop, not a wait on another session's work)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -1,8 +1,12 @@
 """Small fake engines for the realtime loop's fast tests, and a client helper.
 
-- ``FakeLLMPool`` / ``FakeLLM``: replies from a script (a function of the messages), one delta at a time
-  with a small delay, so tests can cancel mid-reply; records every prompt and whether each stream was
-  closed (a disconnect must close it).
+Every fake runs its work through the REAL engine scheduler (:mod:`localrt.engines.scheduler`) with the
+real engine's number of workers, so queued jobs really queue: a test can see priorities, a full queue, and
+whether cancelling a queued job waits on another session's job.
+
+- ``FakeLLMPool`` / ``FakeLLM``: replies from a script (a function of the messages), one delta per
+  ``delay`` seconds of the single worker, so tests can cancel mid-reply; records every prompt, cache key
+  and priority, and whether each stream was closed (a disconnect must close it).
 - ``FakeTTS``: a 440 Hz tone per clause, 60 ms per word, at 22,050 Hz like Piper.
 - ``FakeSTT``: returns ``transcript`` (settable) as two segments.
 - ``FakeVAD``: speech probability from the RMS of each 32 ms window (tones are speech, zeros silence).
@@ -12,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import websockets
 from starlette.applications import Starlette
 
-from localrt.engines.llm import ChatResult, SamplingParams, TextDelta, ToolCall, ToolCallDelta
+from localrt.engines.scheduler import Job, JobControl, Priority, Scheduler, SchedulerStats
+from localrt.engines.types import ChatResult, SamplingParams, TextDelta, ToolCall, ToolCallDelta
 from localrt.errors import InvalidRequest, ModelNotFound
 from localrt.realtime import endpoint
 from localrt.settings import Settings
@@ -62,36 +68,68 @@ def tool_or_text(
 
 
 class FakeStream:
-    def __init__(self, llm: FakeLLM, events: list[TextDelta | ToolCallDelta], params: SamplingParams) -> None:
+    """One fake generation, run by the pool's REAL scheduler (one worker, like llama.cpp): a job queued
+    behind another session's job really waits, and cancelling it must not."""
+
+    def __init__(
+        self,
+        llm: FakeLLM,
+        events: list[TextDelta | ToolCallDelta],
+        params: SamplingParams,
+        priority: Priority,
+    ) -> None:
         self._llm = llm
         self._events = events
         self._params = params
+        self._priority = priority
         self.result = ChatResult()
+        self.prompt_text = ""
         self.closed = False
+        self._job: Job[TextDelta | ToolCallDelta] | None = None
         self._i = 0
 
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
     async def __aenter__(self) -> FakeStream:
+        llm, events, limit = self._llm, self._events, self._params.max_tokens
+
+        def produce(stop: JobControl) -> Iterator[TextDelta | ToolCallDelta]:
+            for i, event in enumerate(events):
+                if limit is not None and i >= limit:
+                    return
+                time.sleep(llm.delay)  # "a token": the worker is busy, as llama.cpp's is
+                if stop.is_set():
+                    return
+                if llm.fail_with is not None:
+                    raise llm.fail_with
+                llm.tokens_generated += 1
+                yield event
+
+        self._job = self._llm.scheduler.submit(produce, priority=self._priority)
         self._llm.open_streams += 1
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.closed = True
-        self._llm.open_streams -= 1
+        if not self.closed:
+            self.closed = True
+            self._llm.open_streams -= 1
+        if self._job is not None:
+            await self._job.aclose()
 
     def __aiter__(self) -> FakeStream:
         return self
 
     async def __anext__(self) -> TextDelta | ToolCallDelta:
-        limit = self._params.max_tokens
-        if self._i >= len(self._events) or (limit is not None and self._i >= limit):
+        if self._job is None:
+            raise RuntimeError("enter the stream first")
+        try:
+            event = await self._job.__anext__()
+        except StopAsyncIteration:
             self._finish()
-            raise StopAsyncIteration
-        await asyncio.sleep(self._llm.delay)
-        if self._llm.fail_with is not None:
-            raise self._llm.fail_with
-        event = self._events[self._i]
+            raise
         self._i += 1
-        self._llm.tokens_generated += 1
         return event
 
     def _finish(self) -> None:
@@ -112,13 +150,16 @@ class FakeLLM:
     id = "fake-llm"
     n_ctx = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
         self.script: Script = words_reply("Paris is the capital of France.")
         self.delay = 0.005
         self.prompts: list[list[dict[str, Any]]] = []
+        self.cache_keys: list[str | None] = []
+        self.priorities: list[Priority] = []
         self.open_streams = 0
         self.tokens_generated = 0
         self.fail_with: Exception | None = None
+        self.scheduler = scheduler or Scheduler("llm:fake-llm", slots=1, max_queue=32)
 
     def chat(
         self,
@@ -129,9 +170,63 @@ class FakeLLM:
         response_format: Any = None,
         params: SamplingParams | None = None,
         truncate_history: bool = False,
+        priority: Priority = Priority.HTTP,
+        cache_key: str | None = None,
     ) -> FakeStream:
         self.prompts.append(messages)
-        return FakeStream(self, self.script(messages, tools, tool_choice), params or SamplingParams())
+        self.cache_keys.append(cache_key)
+        self.priorities.append(priority)
+        events = self.script(messages, tools, tool_choice)
+        return FakeStream(self, events, params or SamplingParams(), priority)
+
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
+
+class EngineStreamLLM(FakeLLM):
+    """A :class:`FakeLLM` whose streams are the real engine's :class:`~localrt.engines.llm_stream.ChatStream`
+    over the fake's scheduler: the path a response takes through the in-process LLM engine (queueing,
+    the prompt-ready hand-off, cancelling), with a scripted generator in place of llama.cpp."""
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Any = None,
+        params: SamplingParams | None = None,
+        truncate_history: bool = False,
+        priority: Priority = Priority.HTTP,
+        cache_key: str | None = None,
+    ) -> Any:
+        from localrt.engines.llm_stream import ChatStream, Item, Ready
+
+        self.prompts.append(messages)
+        self.cache_keys.append(cache_key)
+        self.priorities.append(priority)
+        events = self.script(messages, tools, tool_choice)
+        limit = (params or SamplingParams()).max_tokens
+        llm = self
+
+        def work(control: JobControl) -> Iterator[Item]:
+            yield Ready(prompt_tokens=10)
+            n = 0
+            for event in events:
+                if limit is not None and n >= limit:
+                    break
+                time.sleep(llm.delay)
+                if control.is_set():
+                    return
+                if llm.fail_with is not None:
+                    raise llm.fail_with
+                llm.tokens_generated += 1
+                n += 1
+                yield event
+            finish = "length" if limit is not None and n < len(events) else "stop"
+            yield ChatResult("", [], finish, 10, n, 0)
+
+        return ChatStream(self.scheduler, work, priority=priority)
 
 
 class FakeLLMPool:
@@ -148,9 +243,29 @@ class FakeLLMPool:
     def ids(self) -> list[str]:
         return [self.default_id]
 
+    def aliases(self) -> list[str]:
+        return []
+
+    def created(self, model_id: str) -> int:
+        return 0
+
+    @property
+    def loaded_ids(self) -> list[str]:
+        return [self.default_id]
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.scheduler.busy
+
     async def get(self, model: str | None) -> FakeLLM:
         self.resolve(model)
         return self.engine
+
+    def stats(self) -> list[SchedulerStats]:
+        return self.engine.stats()
+
+    def close(self) -> None:
+        self.engine.scheduler.close(wait=1.0)
 
 
 @dataclass
@@ -160,55 +275,80 @@ class Chunk:
     text: str
 
 
-class _ChunkStream:
-    def __init__(self, chunks: list[Chunk], tts: FakeTTS) -> None:
-        self._chunks = chunks
-        self._tts = tts
-        self._tts.open_streams += 1
-        self._closed = False
-
-    def __aiter__(self) -> _ChunkStream:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        if not self._chunks:
-            raise StopAsyncIteration
-        await asyncio.sleep(self._tts.delay)
-        return self._chunks.pop(0)
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._tts.open_streams -= 1
-
-    async def __aenter__(self) -> _ChunkStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
 class FakeTTS:
+    """A 440 Hz tone per text, 60 ms per word, from a real scheduler with two workers (like Piper's)."""
+
+    id = "fake-tts"
+    default_voice = "fake-voice"
     rate = 22050
     voices_ok = ("alloy", "ash", "echo", "fake-voice")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.priorities: list[Priority] = []
         self.open_streams = 0
         self.delay = 0.0
+        self.scheduler = Scheduler("tts", slots=2, max_queue=32)
 
     def resolve_voice(self, name: str | None) -> Any:
         if name is not None and name not in self.voices_ok:
             raise InvalidRequest(f"Unknown voice '{name}'.", param="voice")
         return name
 
-    def stream(self, text: str, *, voice: str | None = None, speed: float = 1.0) -> _ChunkStream:
+    def stream(
+        self, text: str, *, voice: str | None = None, speed: float = 1.0, priority: Priority = Priority.HTTP
+    ) -> _Counted[Chunk]:
         self.resolve_voice(voice)
         self.texts.append(text)
+        self.priorities.append(priority)
         n = int(self.rate * 0.06 * max(1, len(text.split())) / speed)
         t = np.arange(n) / self.rate
         samples = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-        return _ChunkStream([Chunk(samples, self.rate, text)], self)
+        delay, chunk = self.delay, Chunk(samples, self.rate, text)
+
+        def produce(stop: JobControl) -> Iterator[Chunk]:
+            time.sleep(delay)
+            if not stop.is_set():
+                yield chunk
+
+        return _Counted(self, self.scheduler.submit(produce, priority=priority, preemptible=True))
+
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
+    def close(self) -> None:
+        self.scheduler.close(wait=1.0)
+
+
+T = TypeVar("T")
+
+
+class _Counted(Generic[T]):
+    """A job whose owner counts the streams left open (a disconnect must close them)."""
+
+    def __init__(self, owner: Any, job: Job[T]) -> None:
+        self._owner = owner
+        self._job = job
+        self._closed = False
+        owner.open_streams += 1
+
+    def __aiter__(self) -> _Counted[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._job.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._owner.open_streams -= 1
+        await self._job.aclose()
+
+    async def __aenter__(self) -> _Counted[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 @dataclass
@@ -216,57 +356,79 @@ class Seg:
     text: str
 
 
-class _SegStream:
-    def __init__(self, segments: list[Seg]) -> None:
-        self._segments = segments
-
-    async def __aenter__(self) -> _SegStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def __aiter__(self) -> AsyncIterator[Seg]:
-        return self._gen()
-
-    async def _gen(self) -> AsyncIterator[Seg]:
-        for seg in self._segments:
-            await asyncio.sleep(0.001)
-            yield seg
-
-
 class FakeSTT:
+    """Returns ``transcript`` (settable) as two segments, from a real one-worker scheduler."""
+
     id = "fake-whisper"
     languages = ("en",)
+    sample_rate = 16000
 
     def __init__(self) -> None:
         self.transcript = "What is the capital of France?"
         self.calls: list[np.ndarray] = []
+        self.priorities: list[Priority] = []
+        self.open_streams = 0
+        self.delay = 0.001
+        self.scheduler = Scheduler("stt", slots=1, max_queue=32)
 
     def stream(
-        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
-    ) -> _SegStream:
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        priority: Priority = Priority.HTTP,
+        **options: Any,
+    ) -> _Counted[Seg]:
         self.calls.append(audio)
+        self.priorities.append(priority)
         words = self.transcript.split(" ")
         half = len(words) // 2
-        return _SegStream([Seg(" " + " ".join(words[:half])), Seg(" " + " ".join(words[half:]))])
+        segments = [Seg(" " + " ".join(words[:half])), Seg(" " + " ".join(words[half:]))]
+        delay = self.delay
+
+        def produce(stop: JobControl) -> Iterator[Seg]:
+            for seg in segments:
+                time.sleep(delay)
+                if stop.is_set():
+                    return
+                yield seg
+
+        return _Counted(self, self.scheduler.submit(produce, priority=priority, preemptible=True))
+
+    def stats(self) -> list[SchedulerStats]:
+        return [self.scheduler.stats()]
+
+    def close(self) -> None:
+        self.scheduler.close(wait=1.0)
 
 
 class _VADStream:
     def __init__(self) -> None:
         self._pending = np.zeros(0, np.float32)
+        self.windows = 0
 
     async def process(self, samples: np.ndarray) -> list[float]:
         x = np.concatenate([self._pending, samples])
         n = x.size // 512
         probs = [0.95 if np.sqrt(np.mean(x[k * 512 : (k + 1) * 512] ** 2)) > 0.02 else 0.02 for k in range(n)]
         self._pending = x[n * 512 :]
+        self.windows += n
         return probs
 
 
 class FakeVAD:
+    sample_rate = 16000
+    window = 512
+
     def stream(self) -> _VADStream:
         return _VADStream()
+
+    def stats(self) -> list[SchedulerStats]:
+        return []
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -276,10 +438,18 @@ class FakeEngines:
     tts: FakeTTS | None = field(default_factory=FakeTTS)
     vad: FakeVAD | None = field(default_factory=FakeVAD)
 
+    def stats(self) -> list[SchedulerStats]:
+        return [s for e in (self.llm, self.stt, self.tts, self.vad) if e is not None for s in e.stats()]
+
+    def close(self) -> None:
+        for e in (self.llm, self.stt, self.tts, self.vad):
+            if e is not None:
+                e.close()
+
 
 def FakeSettings(**overrides: Any) -> Settings:
     """Real settings for the fake-engine servers: no .env file, no models folder."""
-    return Settings(_env_file=None, models_dir="/nonexistent", **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=None, models_dir="/nonexistent", **overrides)
 
 
 def make_app(engines: Any, settings: Any) -> Starlette:

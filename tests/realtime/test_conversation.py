@@ -8,7 +8,8 @@ import pytest
 from localrt.errors import APIError
 from localrt.realtime import events as ev
 from localrt.realtime import formats
-from localrt.realtime.conversation import AudioClip, Content, Conversation, Item, item_from_param, to_messages
+from localrt.realtime.client_items import item_from_param
+from localrt.realtime.conversation import AudioClip, Content, Conversation, Item, to_messages
 
 
 def user(text: str, item_id: str | None = None) -> Item:

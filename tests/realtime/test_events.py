@@ -28,7 +28,8 @@ def test_valid_events_parse_to_their_models() -> None:
     )
     assert isinstance(event, ev.ConversationItemCreate)
     assert isinstance(event.item, ev.MessageItem)
-    assert event.item.content[0].text == "hi"
+    part = event.item.content[0]
+    assert isinstance(part, ev.InputText) and part.text == "hi"
     assert isinstance(ev.parse_client_event({"type": "response.cancel"}, "ga"), ev.ResponseCancel)
 
 
@@ -112,3 +113,14 @@ def test_event_id_of() -> None:
     assert ev.event_id_of({"event_id": "abc"}) == "abc"
     assert ev.event_id_of({"event_id": 3}) is None
     assert ev.event_id_of(None) is None
+
+
+def test_lone_surrogates_are_found_and_base64_is_not_scanned_for_them() -> None:
+    text = '{"type": "session.update", "event_id": "\\ud800", "session": {}}'
+    with pytest.raises(APIError) as info:
+        ev.check_frame(ev.load_json(text), text)
+    assert info.value.code == "invalid_json"
+    pair = '{"type": "session.update", "event_id": "\\ud83d\\ude00", "session": {}}'
+    assert ev.check_frame(ev.load_json(pair), pair)["event_id"] == "\U0001f600"
+    audio = '{"type": "input_audio_buffer.append", "audio": "' + "uAAA" * 1000 + '"}'
+    assert ev.check_frame(ev.load_json(audio), audio)["type"] == "input_audio_buffer.append"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import base64
 
+import numpy as np
+import pytest
+
+from localrt.errors import APIError
 from localrt.realtime import formats
 from localrt.realtime.input_audio import InputAudio
 
@@ -45,3 +49,34 @@ def test_clear_empties_the_buffer() -> None:
     buf.append(np.zeros(4800, np.int16))
     buf.clear()
     assert buf.buffered_ms == 0 and buf.buffer_start == buf.end
+
+
+@pytest.mark.parametrize("fmt", [formats.PCM16, formats.G711_ULAW, formats.G711_ALAW])
+@pytest.mark.parametrize(
+    "n", [0, 1, 2, 3, formats.PIECE_SAMPLES - 1, formats.PIECE_SAMPLES, 2 * formats.PIECE_SAMPLES + 5]
+)
+def test_base64_is_decoded_in_pieces_exactly_as_whole(fmt: formats.AudioFormat, n: int) -> None:
+    rng = np.random.default_rng(n)
+    data = rng.integers(0, 256, n * fmt.bytes_per_sample, dtype=np.uint8).tobytes()
+    pieces = list(fmt.decode_chunks(base64.b64encode(data).decode()))
+    assert all(p.size == formats.PIECE_SAMPLES for p in pieces[:-1])
+    whole = np.frombuffer(data, "<i2") if fmt is formats.PCM16 else fmt._decode(data)
+    joined = np.concatenate([np.zeros(0, np.int16), *pieces])
+    np.testing.assert_array_equal(joined, whole)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "AAA",  # not a multiple of 4
+        "AA=A",
+        "@@@@",
+        "AAA=" * (formats.PIECE_SAMPLES * 2 // 3 + 1),  # padding at the end of a piece, not of the data
+        "AAAA" * (formats.PIECE_SAMPLES * 2 // 3) + "A===",
+    ],
+)
+def test_bad_base64_anywhere_yields_no_audio(bad: str) -> None:
+    pieces = formats.PCM16.decode_chunks(bad, param="audio")
+    with pytest.raises(APIError) as info:
+        next(pieces)  # checked whole before the first piece: nothing is appended
+    assert info.value.param == "audio"

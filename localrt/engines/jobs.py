@@ -1,0 +1,191 @@
+"""A job of an engine's :class:`~localrt.engines.scheduler.Scheduler`, as both sides see it.
+
+:class:`Job` is the caller's handle on the event loop (an async iterator of the job's items);
+:class:`JobState` is what the scheduler's queue and workers hold. The handle is the only owner of
+itself: dropping it without closing it cancels the job (a finalizer), because the scheduler holds
+only the state. :class:`JobControl` is the producer's view in the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Priority(IntEnum):
+    """Lower runs first."""
+
+    REALTIME = 0  # a voice turn someone is waiting to hear
+    HTTP = 1  # an API request
+    BULK = 2  # long work nobody waits on interactively (long transcriptions)
+
+
+Outcome = str  # "ok" | "error" | "cancelled" | "closed"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What a finished job cost, for metrics: seconds queued and seconds run."""
+
+    engine: str
+    priority: Priority
+    waited_s: float
+    ran_s: float
+    outcome: Outcome
+
+
+class _Host(Protocol):
+    """What a job needs of its scheduler."""
+
+    def _should_yield(self, priority: Priority) -> bool: ...
+
+    def _yield(self, control: JobControl) -> int: ...
+
+    def _cancel_entry(self, control: JobControl) -> None: ...
+
+
+class JobControl(threading.Event):
+    """A job's stop flag (set: stop) and its preemption points, used by the producer in the worker."""
+
+    def __init__(self, scheduler: _Host, priority: Priority) -> None:
+        super().__init__()
+        self._scheduler = scheduler
+        self.priority = priority
+
+    def stopped(self) -> bool:
+        return self.is_set()
+
+    def should_yield(self) -> bool:
+        """Whether a job of a strictly higher priority is waiting for this job's slot, or (for work
+        below realtime priority) an interactive job is running in another engine on the same CPU."""
+        return self._scheduler._should_yield(self.priority)
+
+    def yield_now(self) -> int:
+        """Run every waiting job of a strictly higher priority here, now, then pause while interactive
+        work runs elsewhere (at most a few seconds); return how many jobs ran here.
+
+        The caller's own state must be saved first if those jobs can change it (an LLM's context)."""
+        return self._scheduler._yield(self)
+
+
+class End:
+    """The job's last item: it ended normally (or was cancelled)."""
+
+
+class Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+Produce = Callable[[JobControl], Iterable[T]]
+
+
+class JobState(Generic[T]):
+    """The worker side of a job: its producer, stop flag and the hand-off to the event loop."""
+
+    def __init__(
+        self,
+        host: _Host,
+        produce: Produce[T],
+        priority: Priority,
+        preemptible: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.priority = priority
+        self.preemptible = preemptible
+        self.control = JobControl(host, priority)
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+        self.produce: Produce[T] | None = produce
+        self.queue: asyncio.Queue[T | End | Failure] = asyncio.Queue()
+        self.done = threading.Event()  # the worker is finished with it (or it never started)
+        self._loop = loop
+
+    def emit(self, item: T | End | Failure) -> bool:
+        """Hand ``item`` to the event loop (thread safe); False when nobody can listen any more."""
+        try:
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed
+            self.control.set()
+            return False
+        return True
+
+
+class Job(Generic[T]):
+    """A submitted job as the event loop sees it: an async iterator of its items.
+
+    ``async with job: async for item in job: ...``; leaving early, ``aclose`` or dropping the handle
+    cancels it without waiting. A failure in the producer is raised from the iterator, as is
+    :class:`~localrt.engines.scheduler.EngineClosed`.
+    """
+
+    def __init__(self, host: _Host, state: JobState[T]) -> None:
+        self._host = host
+        self._state = state
+        self.priority = state.priority
+        self.control = state.control
+        self._finished = False  # the consumer saw the end (or cancelled)
+        weakref.finalize(self, host._cancel_entry, state.control)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the job was told to stop (closed, dropped or its engine closed)."""
+        return self.control.is_set()
+
+    @property
+    def worker_done(self) -> bool:
+        """Whether no worker is (or will be) running this job any more."""
+        return self._state.done.is_set()
+
+    def __aiter__(self) -> Job[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._state.queue.get()
+        if isinstance(item, End):
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, Failure):
+            self._finished = True
+            raise item.exc
+        return item
+
+    async def aclose(self) -> None:
+        """Cancel: a queued job leaves the queue now; a running one stops at its next item. No wait."""
+        self._finished = True
+        self._host._cancel_entry(self.control)
+
+    def cancel(self) -> None:
+        """Like :meth:`aclose`, callable from anywhere (thread safe, idempotent)."""
+        self._host._cancel_entry(self.control)
+
+    async def wait_done(self, timeout: float | None = None) -> bool:
+        """Wait (without blocking the loop) until no worker runs this job; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._state.done.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def __aenter__(self) -> Job[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
