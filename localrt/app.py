@@ -33,6 +33,7 @@ from localrt.lifecycle import DrainMiddleware, Lifecycle
 from localrt.metrics import Metrics
 from localrt.metrics import routes as metrics_routes
 from localrt.metrics_http import HTTPMetricsMiddleware
+from localrt.pipeline import load_pipelines
 from localrt.realtime import endpoint as realtime_api
 from localrt.realtime.handshake_guard import SessionSlots
 from localrt.settings import Settings
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     metrics.watch(app.state)
     app.state.lifecycle = lifecycle
     app.state.realtime_slots = SessionSlots.from_settings(settings)
+    app.state.pipelines = load_pipelines(settings)  # imported and built now: a bad one stops start-up
     if engines is not None:
         app.state.engines = engines
     return app

@@ -67,6 +67,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
         help="speech in the mixed load's background transcription (default 90)",
     )
     bench.add_argument("--no-mixed", action="store_true", help="skip the mixed-load stage")
+    bench.add_argument(
+        "--hop-baseline-url",
+        default=None,
+        help="with --url pointing at a front (remote engines): the all-in-one server behind it; voice turns "
+        "alternate between the two and the report gives the front's extra p50 (ms)",
+    )
+    bench.add_argument(
+        "--hop-turns", type=_count, default=10, help="voice turns on each side of the hop stage (default 10)"
+    )
     bench.add_argument("--out", default="bench-results", help="results folder (default bench-results)")
     bench.add_argument(
         "--soak", action="store_true", help="run only the soak (without it, the soak is the last stage)"
@@ -161,6 +170,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
         sys.exit("localrt: --soak needs --soak-sessions and --soak-turns of 1 or more")
     if args.mixed_audio_seconds <= 0:
         sys.exit("localrt: --mixed-audio-seconds must be more than 0")
+    if args.hop_baseline_url and not args.url:
+        sys.exit("localrt: --hop-baseline-url needs --url (the front)")
     logging.basicConfig(level=logging.WARNING)
     run_bench(
         BenchConfig(
@@ -172,6 +183,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
             turns_per_session=args.turns_per_session,
             mixed_turns=0 if args.no_mixed else args.mixed_turns,
             mixed_audio_s=args.mixed_audio_seconds,
+            hop_baseline_url=args.hop_baseline_url.rstrip("/") if args.hop_baseline_url else None,
+            hop_turns=args.hop_turns,
             out=Path(args.out),
             settings=settings,
             soak_sessions=args.soak_sessions,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -111,11 +111,32 @@ class Settings(BaseSettings):
         description="On SIGTERM: how long in-flight requests and sessions get to finish before exit.",
     )
 
+    # --- realtime pipeline (custom stages: localrt.pipeline) ----------------------------------------
+    pipeline: str | None = Field(
+        None,
+        description="Custom stages for every realtime session: module:factory (a function of the "
+        "settings returning a localrt.pipeline.Pipeline; imported at start-up) or the name of a pipeline "
+        "(built in: interpreter; or an entry point of the group localrt.pipelines). A session may choose "
+        "another with /v1/realtime?pipeline=<name>. Unset: none unless a session chooses one.",
+    )
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from localrt.pipeline.registry import check_spec, load_factory
+
+        spec = check_spec(value)
+        if ":" in spec:
+            load_factory(spec)  # an import error stops the server here, before it starts
+        return spec
+
     # --- chat model (llama.cpp) -----------------------------------------------------------------------
     llm_model: str | None = Field(
         None,
         description="Default chat model: an id from `localrt models` or a path to a .gguf file. "
-        "Unset: the embedded SmolLM2-135M-Instruct.",
+        "Unset: the embedded SmolLM2-135M-Instruct. With --llm-base-url: the upstream's model id.",
     )
     n_ctx: int = Field(4096, ge=256, description="llama.cpp context size in tokens.")
     n_gpu_layers: int | None = Field(
@@ -130,6 +151,12 @@ class Settings(BaseSettings):
         "free for Whisper, Piper and the event loop.",
     )
     n_batch: int = Field(512, ge=1, description="llama.cpp prompt-processing batch size.")
+    llm_mmproj: Path | None = Field(
+        None,
+        description="GGUF multimodal projector (mmproj) of the default chat model: images in chat "
+        "completions and realtime items go to it through llama.cpp's libmtmd (tested with a synthetic "
+        "projector only: no vision model ships). Unset: the local model is text-only and images are refused.",
+    )
     max_loaded_models: int = Field(
         2,
         ge=1,
@@ -211,6 +238,78 @@ class Settings(BaseSettings):
         description="Memory for per-session llama.cpp state (each realtime session's evaluated "
         "conversation survives other sessions' turns); least recently used first out. 0: off.",
     )
+
+    # --- remote chat engine (an OpenAI-compatible server runs the chat model) -------------------------
+    llm_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat server (vLLM, SGLang, llama-server, another "
+        "localrt; e.g. http://gpu-box:8000/v1, /v1 is added to a URL without a path): chat, completions "
+        "and realtime replies are streamed from it and no GGUF is loaded here (with --llm-engine left at "
+        "its default). --llm-model is then the upstream's model id (unset: the first it lists). Unset: "
+        "local llama.cpp.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key sent to --llm-base-url (Authorization: Bearer)."
+    )
+    llm_remote_slots: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Chat requests streamed from --llm-base-url at once; more wait in the queue "
+        "(--llm-max-queue), realtime turns first.",
+    )
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _llm_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    # --- remote speech engines (an OpenAI-compatible server does the work) ---------------------------
+    stt_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible speech-to-text server (speaches, vLLM Whisper, "
+        "another localrt; e.g. http://back:8001/v1, /v1 is added to a URL without a path): transcriptions "
+        "are sent to its /audio/transcriptions and no Whisper model is loaded here (unless --stt-engine "
+        "is given). Unset: local Whisper.",
+    )
+    stt_api_key: SecretStr | None = Field(None, description="API key sent to --stt-base-url.")
+    stt_remote_model: str = Field("whisper-1", description="Model name sent to --stt-base-url.")
+    stt_remote_slots: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Transcriptions sent to --stt-base-url at once (more wait in the queue).",
+    )
+    tts_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible text-to-speech server (another localrt, any with "
+        "/audio/speech and pcm output; e.g. http://back:8001/v1): speech is streamed from it as 24 kHz "
+        "pcm, sentence by sentence, and no Piper voice is loaded here (unless --tts-engine is given). "
+        "Unset: local Piper.",
+    )
+    tts_api_key: SecretStr | None = Field(None, description="API key sent to --tts-base-url.")
+    tts_remote_model: str = Field("tts-1", description="Model name sent to --tts-base-url.")
+    tts_remote_slots: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Syntheses streamed from --tts-base-url at once (more wait in the queue).",
+    )
+
+    @field_validator("stt_base_url", "tts_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
 
     # --- which engines to load ----------------------------------------------------------------------
     load_stt: bool = Field(True, description="Load the Whisper engine at start-up.")

@@ -139,9 +139,13 @@ class FakeChatModel:
         n_ctx: int = 64,
         token_s: float = 0.0,
         max_queue: int = 32,
+        vision: bool = False,
+        image_urls: bool = False,
     ) -> None:
         self.id = model_id
         self.n_ctx = n_ctx  # in "tokens": words of the prompt
+        self.vision = vision  # accepts image_url parts (ChatModel's flags)
+        self.image_urls = image_urls
         self.reply = reply
         self.token_s = token_s
         self.gate = threading.Event()  # cleared: every job holds its slot before its first token

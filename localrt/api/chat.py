@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from localrt import images
 from localrt.api.common import engines_of, new_id, now, parse_body, sse, unless_disconnected
 from localrt.api.schemas import ChatCompletionRequest, CompletionRequest
 from localrt.engines.chat_format import content_text
-from localrt.engines.interfaces import ChatJob
+from localrt.engines.interfaces import ChatJob, ChatModel
 from localrt.engines.scheduler import Priority
 from localrt.engines.types import ChatResult, TextDelta, ToolCallDelta
 from localrt.errors import InvalidRequest
@@ -51,16 +52,35 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
                 code="missing_required_parameter",
             )
         out.append(msg.model_dump(exclude_none=True))
-        out[-1]["content"] = content_text(out[-1].get("content"))
+        content = out[-1].get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            if msg.role != "user":
+                j = next(j for j, p in enumerate(content) if p.get("type") == "image_url")
+                raise InvalidRequest(
+                    f"Image content parts are only allowed in user messages, not in '{msg.role}' ones.",
+                    param=f"messages[{i}].content[{j}].type",
+                )
+            continue  # the parts go to the model as they are (see _check_images)
+        out[-1]["content"] = content_text(content)
     return out
+
+
+async def _check_images(messages: list[dict[str, Any]], engine: ChatModel) -> None:
+    """Every image part against what the model accepts (see :mod:`localrt.images`): a 400 naming the
+    part for a text-only model, a URL a local model cannot read, or a data URL that is not an image."""
+    support = images.support_of(engine)
+    for i, j, part in images.image_parts(messages):
+        await images.check_image(images.part_url(part), f"messages[{i}].content[{j}]", support)
 
 
 async def chat_completions(request: Request) -> Response:
     req = await parse_body(request, ChatCompletionRequest)
     engine = await engines_of(request).llm.get(req.model)
     params = req.sampling(req.max_completion_tokens or req.max_tokens)
+    messages = _messages(req)
+    await _check_images(messages, engine)
     stream = engine.chat(
-        _messages(req),
+        messages,
         tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
         tool_choice=req.tool_choice.model_dump()
         if isinstance(req.tool_choice, BaseModel)

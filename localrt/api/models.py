@@ -1,13 +1,16 @@
 """``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` and ``GET /health/live``.
 
 ``/health`` reports the loaded models, whether the chat model is busy and, per engine, its queue, running
-jobs, slots, refusals and recent job latency (the same numbers as ``/metrics``), so it needs the API key
-when one is set. ``/health/live`` is the liveness probe for container health checks and load balancers: it
-needs no key, touches no engine and answers ``{"status": "ok"}`` while the server accepts requests.
+jobs, slots, refusals and recent job latency (the same numbers as ``/metrics``) and, for remote engines,
+whether each upstream answers (``upstreams``; ``status`` is ``degraded`` while one does not), so it needs
+the API key when one is set. ``/health/live`` is the liveness probe for container health checks and load
+balancers: it needs no key, touches no engine and answers ``{"status": "ok"}`` while the server accepts
+requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -79,12 +82,42 @@ def engine_health(stats: list[SchedulerStats], metrics: Metrics | None) -> dict[
     return out
 
 
+PROBE_TIMEOUT_S = 3.0
+
+
+async def upstream_health(engines: Engines) -> dict[str, dict[str, Any]]:
+    """Per remote engine (one with a ``probe()`` coroutine), whether its upstream answers; all probed at
+    once, each for at most :data:`PROBE_TIMEOUT_S`."""
+    kinds = {"llm": engines.llm, "stt": engines.stt, "tts": engines.tts, "vad": engines.vad}
+    probes: dict[str, Any] = {}
+    for kind, engine in kinds.items():
+        probe = getattr(engine, "probe", None)
+        if callable(probe):
+            probes[kind] = probe
+
+    async def one(probe: Any) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await asyncio.wait_for(probe(), PROBE_TIMEOUT_S)
+            return result
+        except Exception as exc:
+            return {"reachable": False, "error": str(exc) or type(exc).__name__}
+
+    results = await asyncio.gather(*(one(p) for p in probes.values()))
+    return dict(zip(probes, results, strict=True))
+
+
 async def health(request: Request) -> Response:
     engines = engines_of(request)
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    upstreams = await upstream_health(engines)
+    extra: dict[str, Any] = {}
+    if upstreams:  # remote engines: "degraded" while an upstream does not answer
+        extra["upstreams"] = upstreams
+    reachable = all(u.get("reachable") for u in upstreams.values())
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "ok" if reachable else "degraded",
+            **extra,
             "chat": {
                 "default": engines.llm.default_id,
                 "loaded": engines.llm.loaded_ids,

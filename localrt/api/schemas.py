@@ -1,8 +1,8 @@
 """Wire models of the chat and completions APIs (requests only; responses are built as plain dicts).
 
 Unknown request fields are ignored rather than rejected, as most OpenAI-compatible servers do, so that
-clients sending newer parameters keep working. Fields we cannot honour (``n`` > 1, image parts) are
-rejected with a clear 400 instead of being silently ignored.
+clients sending newer parameters keep working. Fields we cannot honour (``n`` > 1, image parts for a
+text-only model) are rejected with a clear 400 instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -28,7 +28,19 @@ class RefusalPart(_Model):
     refusal: str
 
 
-ContentPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+class ImageURL(_Model):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Model):
+    """An image (``image_url``): checked against the model by :mod:`localrt.images` in the route."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | RefusalPart | ImagePart, Field(discriminator="type")]
 
 
 class FunctionCall(_Model):

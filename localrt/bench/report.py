@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from localrt.bench import mixed, soak
+from localrt.bench import hop, mixed, soak
 from localrt.bench.stats import paired, ratio, summary
 from localrt.bench.voice import STAGES, finished
 
@@ -62,6 +62,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         out["targets"]["mixed_all_turns_completed"] = _judge(
             "mixed_all_turns_completed", m["all_turns_completed"]
         )
+    if "hop" in raw:
+        out["hop"] = hop.summarize(raw["hop"])
     if "soak" in raw:
         out["soak"] = soak.summarize(raw["soak"])
         out["targets"]["soak_lost_turns"] = _judge("soak_lost_turns", out["soak"]["lost"])
@@ -175,6 +177,8 @@ def table(summ: dict[str, Any]) -> str:
     lines = _main_lines(summ) if "voice" in summ else []
     if "mixed" in summ:
         lines += mixed.table_lines(summ["mixed"])
+    if "hop" in summ:
+        lines += hop.table_lines(summ["hop"])
     if "soak" in summ:
         lines += soak.table_lines(summ["soak"])
     lines.append("Targets (HTTP ones: the median over rounds of each round's side-by-side ratio)")

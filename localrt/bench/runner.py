@@ -24,8 +24,8 @@ import httpx
 from tqdm import tqdm
 
 from localrt.app import create_app
+from localrt.bench import hop, mixed, report, soak
 from localrt.bench import http as http_bench
-from localrt.bench import mixed, report, soak
 from localrt.bench.inputs import Utterance, long_speech, synthesize
 from localrt.bench.load import BackgroundLoad
 from localrt.bench.voice import TURN_TIMEOUT_S, VoiceClient, apply_marks, floor_turn, run_turn
@@ -48,6 +48,8 @@ class BenchConfig:
     turns_per_session: int = 3
     mixed_turns: int = 10  # 0: no mixed-load stage
     mixed_audio_s: float = 90.0  # the background transcription's audio (longer than bulk_audio_seconds)
+    hop_baseline_url: str | None = None  # with ``url`` a front: the all-in-one server behind it
+    hop_turns: int = 10
     out: Path = Path("bench-results")
     warmup: bool = True
     settings: Settings = field(default_factory=lambda: Settings())
@@ -215,12 +217,30 @@ class _Stages:
             transcription_audio_s=self.cfg.mixed_audio_s,
         )
 
+    async def hop(self, baseline_url: str, progress: Callable[[int], object]) -> dict[str, Any]:
+        return await hop.run(
+            lambda utt: run_turn(self.url, utt, self.cfg.api_key),
+            lambda utt: run_turn(baseline_url, utt, self.cfg.api_key),
+            self.utts,
+            self.cfg.hop_turns,
+            progress,
+        )
+
 
 async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     utts = await synthesize(engines.tts)
     conc_turns = sum(level * cfg.turns_per_session for level in cfg.concurrency)
     soak_turns = cfg.soak_sessions * cfg.soak_turns if cfg.soaks else 0
-    total = cfg.turns + 3 * cfg.http_runs + len(cfg.concurrency) + 1 + 2 * cfg.mixed_turns + soak_turns
+    hop_turns = cfg.hop_turns if cfg.hop_baseline_url else 0
+    total = (
+        cfg.turns
+        + 3 * cfg.http_runs
+        + len(cfg.concurrency)
+        + 1
+        + 2 * cfg.mixed_turns
+        + hop_turns
+        + soak_turns
+    )
     raw: dict[str, Any] = {
         "machine": report.machine(),
         "url": cfg.url or "in-process",
@@ -244,6 +264,8 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
             await stages.concurrency(raw, bar.update)
             if cfg.mixed_turns > 0:
                 raw["mixed"] = await stages.mixed(bar.update)
+            if cfg.hop_baseline_url and cfg.hop_turns > 0:
+                raw["hop"] = await stages.hop(cfg.hop_baseline_url, bar.update)
             if cfg.soaks:
                 raw["soak"] = await _soak(cfg, url, utts, bar.update)
     finally:
@@ -256,6 +278,8 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         "concurrency_turns": conc_turns,
         "mixed_turns": cfg.mixed_turns,
         "mixed_audio_s": cfg.mixed_audio_s,
+        "hop_baseline_url": cfg.hop_baseline_url,
+        "hop_turns": hop_turns,
         **_soak_config(cfg),
     }
     return raw

@@ -50,11 +50,29 @@ def _silero(settings: Settings, cat: catalog_mod.Catalog) -> VoiceActivity:
     return SileroVAD.from_settings(settings, cat)
 
 
+def _openai_llm(settings: Settings, cat: catalog_mod.Catalog) -> ChatModels:
+    from localrt.engines.remote_llm import RemoteChatModels
+
+    return RemoteChatModels.from_settings(settings)
+
+
+def _openai_stt(settings: Settings, cat: catalog_mod.Catalog) -> SpeechToText:
+    from localrt.engines.remote_stt import RemoteSpeechToText
+
+    return RemoteSpeechToText.from_settings(settings)
+
+
+def _openai_tts(settings: Settings, cat: catalog_mod.Catalog) -> TextToSpeech:
+    from localrt.engines.remote_tts import RemoteTextToSpeech
+
+    return RemoteTextToSpeech.from_settings(settings)
+
+
 # kind -> implementation name -> loader (blocking; runs at start-up in a thread).
 REGISTRY: dict[str, dict[str, Loader]] = {
-    "llm": {"llama_cpp": _llama_cpp},
-    "stt": {"faster_whisper": _faster_whisper},
-    "tts": {"piper": _piper},
+    "llm": {"llama_cpp": _llama_cpp, "openai": _openai_llm},
+    "stt": {"faster_whisper": _faster_whisper, "openai": _openai_stt},
+    "tts": {"piper": _piper, "openai": _openai_tts},
     "vad": {"silero": _silero},
 }
 
@@ -65,6 +83,16 @@ def _loader(kind: str, name: str) -> Loader:
     except KeyError:
         known = ", ".join(sorted(REGISTRY[kind]))
         raise ValueError(f"unknown {kind}_engine {name!r} (known: {known})") from None
+
+
+def engine_name(settings: Settings, kind: str) -> str:
+    """The implementation of ``kind`` to load: ``<kind>_engine``, except that a ``<kind>_base_url`` with
+    the engine left unset (not given by flag, environment or .env) picks the remote (``openai``) one."""
+    name: str = getattr(settings, f"{kind}_engine")
+    chosen = f"{kind}_engine" in settings.model_fields_set
+    if getattr(settings, f"{kind}_base_url", None) and not chosen and "openai" in REGISTRY[kind]:
+        return "openai"
+    return name
 
 
 @dataclass
@@ -95,9 +123,9 @@ def load_engines(settings: Settings, cat: catalog_mod.Catalog | None = None) -> 
     """Load every engine the settings ask for (blocking)."""
     cat = cat or catalog_mod.scan(settings.models_dir)
     loaders = {
-        "llm": _loader("llm", settings.llm_engine),
-        "stt": _loader("stt", settings.stt_engine),
-        "tts": _loader("tts", settings.tts_engine),
+        "llm": _loader("llm", engine_name(settings, "llm")),
+        "stt": _loader("stt", engine_name(settings, "stt")),
+        "tts": _loader("tts", engine_name(settings, "tts")),
         "vad": _loader("vad", settings.vad_engine),
     }
     engines = Engines(llm=loaders["llm"](settings, cat))

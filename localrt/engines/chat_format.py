@@ -130,6 +130,25 @@ def content_text(content: Any) -> str:
     return "".join(texts)
 
 
+def _user_text(content: Any, media_marker: str | None, index: int) -> str:
+    """A user message's text, each image part written as ``media_marker`` (the projector's place for
+    it); an image for a model without one (``media_marker`` None) is refused, never dropped."""
+    if not isinstance(content, list):
+        return content_text(content)
+    texts = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            if media_marker is None:
+                raise InvalidRequest(
+                    "This model does not accept images (image_url content): it is a text-only model.",
+                    param=f"messages[{index}].content[{j}]",
+                )
+            texts.append(media_marker)
+        else:
+            texts.append(content_text([part]))
+    return "".join(texts)
+
+
 def _tools_prompt(functions: list[dict[str, Any]]) -> str:
     lines = [
         "You can call the following functions. To call one, reply with nothing but:",
@@ -150,13 +169,19 @@ def _tools_prompt(functions: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def normalize_messages(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dict[str, str]]:
-    """OpenAI chat messages -> plain {role, content} turns any chat template can render."""
+def normalize_messages(
+    messages: list[dict[str, Any]], plan: ToolPlan, media_marker: str | None = None
+) -> list[dict[str, str]]:
+    """OpenAI chat messages -> plain {role, content} turns any chat template can render. Image parts
+    (user messages only) become ``media_marker``, in order; without one they are refused."""
     out: list[dict[str, str]] = []
     system_parts: list[str] = []
-    for msg in messages:
+    for i, msg in enumerate(messages):
         role = msg.get("role")
-        text = content_text(msg.get("content"))
+        if role == "user":
+            text = _user_text(msg.get("content"), media_marker, i)
+        else:
+            text = content_text(msg.get("content"))
         if role in ("system", "developer"):
             system_parts.append(text)
             continue
@@ -205,8 +230,10 @@ class ChatFormatter:
 
         return cls(template, token_text(llama.token_eos()), token_text(llama.token_bos()))
 
-    def render(self, messages: list[dict[str, Any]], plan: ToolPlan) -> Prompt:
-        turns = normalize_messages(messages, plan)
+    def render(
+        self, messages: list[dict[str, Any]], plan: ToolPlan, media_marker: str | None = None
+    ) -> Prompt:
+        turns = normalize_messages(messages, plan, media_marker)
         result = self._formatter(messages=turns)  # type: ignore[arg-type]
         stop = [s for s in ([result.stop] if isinstance(result.stop, str) else result.stop or []) if s]
         return Prompt(text=result.prompt, stop=stop, added_special=bool(result.added_special))

@@ -107,10 +107,19 @@ class ChatJob(Protocol):
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """One loaded chat model."""
+    """One loaded chat model.
+
+    ``vision``: whether messages may carry images (OpenAI ``image_url`` content parts); a text-only
+    model is sent none (callers refuse them first, :mod:`localrt.images`). ``image_urls``: with
+    ``vision``, whether http(s) image URLs are accepted too (a remote engine passes parts on unchanged);
+    False: data URLs only (a local model: localrt never fetches a URL). Both default to False, and
+    callers read them with :func:`localrt.images.support_of`, so a model that declares neither is a
+    text-only one."""
 
     id: str
     n_ctx: int
+    vision: bool = False
+    image_urls: bool = False
 
     def chat(
         self,

@@ -16,6 +16,9 @@ Design:
   tokens (:mod:`localrt.engines.llm_generate`).
 - Closing the engine (shutdown, eviction by the pool) ends every queued and running job with
   EngineClosed, which its caller sees.
+- Images: the default model loaded with ``llm_mmproj`` has ``vision`` (data URLs only, ``image_urls``
+  False); its prompts with images go through :mod:`localrt.engines.llm_vision`. Any other model is
+  text-only and refuses them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,24 @@ class ChatBackend(Protocol):
     def close(self) -> None: ...
 
 
+def uses_mmproj(model_id: str, path: Path, settings: Settings) -> bool:
+    """Whether ``--llm-mmproj`` is this model's projector: it belongs to the default chat model (the
+    one ``--llm-model`` names, or the embedded one when it is unset), never to another GGUF."""
+    if settings.llm_mmproj is None:
+        return False
+    configured = settings.llm_model
+    if configured is None:
+        from localrt.catalog import EMBEDDED_LLM_ID
+
+        return model_id == EMBEDDED_LLM_ID
+    if configured == model_id:
+        return True
+    try:
+        return Path(configured).expanduser().resolve() == path.resolve()
+    except OSError:
+        return False
+
+
 class LLMEngine:
     """One loaded chat model. Construct with :meth:`load` (blocking: call it in a thread)."""
 
@@ -83,9 +104,12 @@ class LLMEngine:
         slots: int = 1,
         max_queue: int = 32,
         on_job_done: OnJobDone | None = None,
+        vision: bool = False,
     ) -> None:
         self.id = model_id
         self.n_ctx = n_ctx
+        self.vision = vision  # loaded with its projector (--llm-mmproj): messages may hold images
+        self.image_urls = False  # data URLs only: localrt never fetches an image URL
         self._backend = backend
         self.llama: Llama | None = None  # set by load(); for tests that tokenize with it, nothing else
         self._scheduler = Scheduler(
@@ -114,7 +138,15 @@ class LLMEngine:
             verbose=False,
         )
         try:
-            backend = LlamaBackend(llama, state_cache_bytes=settings.llm_state_cache_mb * 2**20)
+            vision = None
+            if uses_mmproj(model_id, path, settings) and settings.llm_mmproj is not None:
+                from localrt.engines.llm_vision import VisionEncoder
+
+                vision = VisionEncoder(llama, settings.llm_mmproj, use_gpu=n_gpu_layers != 0)
+                logger.info("chat model %s: images through the projector %s", model_id, settings.llm_mmproj)
+            backend = LlamaBackend(
+                llama, state_cache_bytes=settings.llm_state_cache_mb * 2**20, vision=vision
+            )
         except BaseException:
             llama.close()
             raise
@@ -133,6 +165,7 @@ class LLMEngine:
             slots=settings.llm_slots,
             max_queue=settings.llm_max_queue,
             on_job_done=on_job_done,
+            vision=vision is not None,
         )
         engine.llama = llama
         return engine

@@ -26,6 +26,7 @@ from localrt.engines.llm_generate import (
 from localrt.engines.llm_prompt import ChatPrompt, PromptBuilder
 from localrt.engines.llm_state import SessionStates
 from localrt.engines.llm_stream import ChatRequest, Item, Ready
+from localrt.engines.llm_vision import VisionEncoder
 from localrt.engines.scheduler import JobControl
 from localrt.engines.types import ChatResult, SamplingParams, ToolCall, ToolCallDelta
 from localrt.errors import ContextLengthExceeded, InvalidRequest, ServerError
@@ -40,10 +41,12 @@ logger = logging.getLogger(__name__)
 class LlamaBackend:
     """Jobs over one ``Llama``. Construct where the model is loaded (blocking: a vocabulary pass)."""
 
-    def __init__(self, llama: Llama, *, state_cache_bytes: int) -> None:
+    def __init__(self, llama: Llama, *, state_cache_bytes: int, vision: VisionEncoder | None = None) -> None:
         self.llama = llama
         self.n_ctx: int = llama.n_ctx()
-        self.prompts = PromptBuilder(llama, chat_format.ChatFormatter.from_llama(llama))
+        self.vision = vision  # the model's projector (--llm-mmproj): prompts may hold images
+        marker = vision.marker if vision is not None else None
+        self.prompts = PromptBuilder(llama, chat_format.ChatFormatter.from_llama(llama), media_marker=marker)
         self.sessions = SessionStates(state_cache_bytes)
 
     def close(self) -> None:
@@ -61,13 +64,23 @@ class LlamaBackend:
             truncate=req.truncate_history,
             stopped=control.is_set,
         )
-        cached = self.sessions.prepare(self.llama, req.cache_key, prompt.tokens)
+        key = req.cache_key
+        if prompt.images and self.vision is not None:  # evaluated from scratch, kept for no session
+            key = None
+            self.sessions.prepare(self.llama, None, [])  # the live context's owner keeps its state
+            prompt.tokens = self.vision.evaluate(
+                self.llama, prompt.text, prompt.images, add_special=prompt.add_special, stopped=control.is_set
+            )
+            prompt.images = []
+            cached = 0
+        else:
+            cached = self.sessions.prepare(self.llama, key, prompt.tokens)
         try:
             yield Ready(prompt_tokens=len(prompt.tokens), cached_tokens=cached)
             result = ChatResult(prompt_tokens=len(prompt.tokens), cached_tokens=cached)
             yield from self._chat(control, prompt, req.plan, req.params, result)
         finally:
-            self.sessions.finish(req.cache_key)
+            self.sessions.finish(key)
 
     def complete(
         self, control: JobControl, prompt: str | list[int], params: SamplingParams

@@ -19,9 +19,10 @@ takes the better part of a minute), so they belong to the job, and the job runs 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from localrt import images
 from localrt.engines import chat_format, grammar
 from localrt.errors import ContextLengthExceeded, InvalidRequest
 
@@ -44,6 +45,11 @@ class ChatPrompt:
     grammar: LlamaGrammar | None = None  # response_format's
     call_grammar: LlamaGrammar | None = None  # the tool call's
     dropped: int = 0  # history messages left out to fit the context
+    # A prompt with images (a model with a projector): ``tokens`` stays empty, the text (one media
+    # marker per image) and the decoded images are evaluated by :mod:`.llm_vision` instead.
+    text: str = ""
+    images: list[bytes] = field(default_factory=list)
+    add_special: bool = True
 
 
 def keep_from(roles: Sequence[str], cost: Callable[[int], int], budget: int) -> int:
@@ -80,15 +86,23 @@ class PromptBuilder:
     """Prompts for one model: render, tokenize, fit, grammars. Use only in the model's worker thread."""
 
     def __init__(
-        self, llama: Llama, formatter: chat_format.ChatFormatter, *, max_token_chars: int | None = None
+        self,
+        llama: Llama,
+        formatter: chat_format.ChatFormatter,
+        *,
+        max_token_chars: int | None = None,
+        media_marker: str | None = None,
     ) -> None:
         """Blocking (a pass over the vocabulary): build it where the model is loaded.
 
         ``max_token_chars`` bounds the characters of text one token stands for, so that characters /
         it <= tokens; by default the longest token text, doubled for normalizers that shrink text.
+        ``media_marker``: the projector's image marker (a model with ``--llm-mmproj``); None: images
+        are refused.
         """
         self.llama = llama
         self.formatter = formatter
+        self.media_marker = media_marker
         self.n_ctx: int = llama.n_ctx()
         self.max_token_chars = max_token_chars or 2 * _longest_token(llama)
         self._overhead: int | None = None
@@ -163,6 +177,9 @@ class PromptBuilder:
             if schema is not None:
                 text = grammar.schema_grammar(schema, param)
                 result.grammar = grammar.load_grammar(self.llama._model.vocab, text, param)
+        if next(images.image_parts(messages), None) is not None:
+            self._with_images(messages, plan, result)
+            return result
         if truncate:
             prompt, result.tokens, result.dropped = self._fit(messages, plan, max_tokens, stopped)
         else:
@@ -170,6 +187,22 @@ class PromptBuilder:
             result.tokens = self.tokenize(prompt.text, add_bos=not prompt.added_special, param="messages")
         result.stop = prompt.stop
         return result
+
+    def _with_images(
+        self, messages: list[dict[str, Any]], plan: chat_format.ToolPlan, result: ChatPrompt
+    ) -> None:
+        """The text and images of a prompt with images (no truncation: see :mod:`.llm_vision`)."""
+        prompt = self.formatter.render(messages, plan, self.media_marker)  # refuses them without one
+        if self.surely_too_long(len(prompt.text)):
+            raise self.too_long(len(prompt.text) // self.max_token_chars, "messages", at_least=True)
+        for n, (i, j, part) in enumerate(images.image_parts(messages)):
+            if n == images.MAX_LOCAL_IMAGES:
+                raise InvalidRequest(
+                    f"The messages hold more than {images.MAX_LOCAL_IMAGES} images, this model's limit.",
+                    param=f"messages[{i}].content[{j}]",
+                )
+            result.images.append(images.decode_data_url(images.part_url(part), f"messages[{i}].content[{j}]"))
+        result.text, result.stop, result.add_special = prompt.text, prompt.stop, not prompt.added_special
 
     def _check_tools(self, tools: list[dict[str, Any]], plan: chat_format.ToolPlan) -> str:
         """Check each callable tool's schema; the param naming the call grammar as a whole."""

@@ -1,4 +1,5 @@
-"""Client items: a parsed ``conversation.item.create`` (or ``response.input``) item -> an :class:`Item`.
+"""Client items: a parsed ``conversation.item.create`` (or ``response.input``) item -> an :class:`Item`,
+and its images checked against the session's chat model (:func:`check_images`).
 
 The one place client audio of an item is decoded: base64 in pieces, G.711 expanded, resampled to 16 kHz
 int16 (what Whisper reads and the conversation keeps). The checks that need no decoding (sizes, echo
@@ -13,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from localrt import images
 from localrt.audio.resample import StreamResampler
+from localrt.engines.interfaces import ChatModels
 from localrt.errors import InvalidRequest
 from localrt.realtime import events as ev
 from localrt.realtime.conversation import STT_RATE, AudioClip, Content, Conversation, Item
@@ -76,12 +79,32 @@ def _content(part: Any, input_format: AudioFormat, where: str, stop: threading.E
     if part.type == "input_text":
         return Content("input_text", text=part.text)
     if part.type == "input_image":
+        if not part.image_url:
+            raise InvalidRequest(
+                "Missing required parameter: an input_image needs an image_url (a data URL).",
+                param=f"{where}.image_url",
+                code="missing_required_parameter",
+            )
         return Content("input_image", image_url=part.image_url, detail=part.detail)
     clip = decode_clip(part.audio, input_format, f"{where}.audio", stop) if part.audio is not None else None
     content = Content("input_audio", transcript=part.transcript, audio=clip)
     if part.transcript is None and clip is not None:
         content.transcribed = asyncio.Event()  # the session transcribes it
     return content
+
+
+async def check_images(item: Item, llm: ChatModels, model: str | None, where: str = "item") -> None:
+    """An item's images against the session's chat model (:mod:`localrt.images`): an APIError naming
+    the part (``item.content[0]``) when the model reads no images, cannot read this one (an http(s)
+    URL for a local model) or it is not a valid image; the caller then does not add the item."""
+    parts = [(i, c) for i, c in enumerate(item.content) if c.type == "input_image"]
+    if not parts:
+        return
+    support = images.support_of(await llm.get(model))
+    for i, content in parts:
+        if not support.vision:
+            raise images.not_accepted(support, f"{where}.content[{i}]", "input_image")
+        await images.check_image(content.image_url, f"{where}.content[{i}]", support)
 
 
 def decode_clip(b64: str, fmt: AudioFormat, param: str, stop: threading.Event | None = None) -> AudioClip:

@@ -1,4 +1,5 @@
-"""The conversation: ordered items, and their conversion to the chat messages the LLM sees.
+"""The conversation: ordered items, and their conversion to the chat messages the LLM sees (a user
+message with images becomes content parts: text and ``image_url``, for a vision model).
 
 Items are dataclasses; the wire shapes (GA ``output_text`` vs beta ``text``) exist only in
 :meth:`Item.to_wire`. Audio is kept per content part as an :class:`AudioClip`: int16 chunks at the
@@ -321,9 +322,12 @@ def to_messages(instructions: str, items: list[Item]) -> list[dict[str, Any]]:
         messages.append({"role": "system", "content": instructions})
     for item in items:
         if item.type == "message":
+            if item.role == "user" and any(c.type == "input_image" for c in item.content):
+                messages.append({"role": "user", "content": _parts(item)})
+                continue
             text = item.text()
             if item.role == "user" and not text:
-                continue  # silence or an image only: nothing the text model can read
+                continue  # silence: nothing the model can read
             messages.append({"role": item.role, "content": text})
         elif item.type == "function_call":
             call = {
@@ -339,3 +343,25 @@ def to_messages(instructions: str, items: list[Item]) -> list[dict[str, Any]]:
         else:
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output or ""})
     return messages
+
+
+def _parts(item: Item) -> list[dict[str, Any]]:
+    """A user message with images as chat content parts, in order: its text (typed or transcribed;
+    neighbours joined by a space) and ``image_url`` parts carrying the item's URL and detail as sent.
+    Only a vision model gets here: images for any other are refused when the item is created."""
+    parts: list[dict[str, Any]] = []
+    for c in item.content:
+        if c.type == "input_image":
+            image: dict[str, Any] = {"url": c.image_url or ""}
+            if c.detail is not None:
+                image["detail"] = c.detail
+            parts.append({"type": "image_url", "image_url": image})
+            continue
+        text = (c.text if c.type.endswith("_text") else c.transcript) or ""
+        if not text.strip():
+            continue
+        if parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += " " + text.strip()
+        else:
+            parts.append({"type": "text", "text": text.strip()})
+    return parts

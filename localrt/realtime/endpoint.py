@@ -13,6 +13,11 @@ Handshake rules (protocol §1), all decided before the first event:
 - **Model**: ``?model=`` (OpenAI's realtime ids alias the default chat model); none means the default;
   an unknown one gets ``invalid_model`` and close 4000. ``?intent=transcription`` opens a
   transcription-only session, which needs no model.
+- **Pipeline** (localrt's own, :mod:`localrt.pipeline`): ``?pipeline=<name>`` selects the session's
+  custom stages (else the server's ``--pipeline``), with the pipeline's options as further query
+  parameters (``&target=German``); an unknown name or a bad option gets ``invalid_request_error`` and
+  close 4000. A query parameter, not a ``session.update`` field: OpenAI's session schema refuses
+  unknown fields, and OpenAI clients pass extra query parameters through untouched.
 
 - **Guard** (before any of the above, :mod:`.handshake_guard`): a browser ``Origin`` outside
   ``realtime_allowed_origins`` gets HTTP 403, and a client past ``realtime_max_sessions_per_ip`` or
@@ -34,6 +39,7 @@ from starlette.websockets import WebSocket
 
 from localrt.api.common import error_response
 from localrt.errors import APIError, AuthenticationError, InvalidRequest, ModelNotFound, ServerError
+from localrt.pipeline.registry import pipelines_of
 from localrt.realtime import handshake_guard
 from localrt.realtime.events import Dialect
 from localrt.realtime.server_events import ServerEvents
@@ -151,6 +157,11 @@ async def _open_session(ws: WebSocket, events: ServerEvents, offered: list[str],
         )
         await _refuse(ws, events, err, CLOSE_REQUEST)
         return
+    try:
+        pipeline = pipelines_of(state).select(ws.query_params.get("pipeline"), ws.query_params)
+    except APIError as err:
+        await _refuse(ws, events, err, CLOSE_REQUEST)
+        return
     session = RealtimeSession(
         ws,
         engines=engines,
@@ -160,6 +171,7 @@ async def _open_session(ws: WebSocket, events: ServerEvents, offered: list[str],
         llm_model=llm_model,
         timing_log=getattr(state, "timings", None),
         settings=settings,
+        pipeline=pipeline,
     )
     await session.run()
 

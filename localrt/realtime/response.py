@@ -1,4 +1,4 @@
-"""One model response: LLM tokens -> clause chunker -> TTS -> 24 kHz (or 8 kHz) audio deltas.
+"""One model response: LLM tokens -> text stages -> clause chunker -> TTS -> 24 kHz (or 8 kHz) audio deltas.
 
 The pipeline, and why it is this shape:
 
@@ -9,6 +9,10 @@ The pipeline, and why it is this shape:
   clause is synthesized at once (TTS jobs are ``REALTIME`` too) and its audio is handed to the session's
   single writer queue, whose bound is the backpressure on a client that stops reading. The items and
   their events are :class:`~.response_output.ResponseOutput`'s.
+- **Custom stages** (:mod:`localrt.pipeline`, the session's pipeline): once the turn's transcript is
+  ready, the transcript stages decide what the user's turn becomes (rewritten for the LLM, answered by a
+  stage's own reply, or dropped: no output); the reply's text, the LLM's or the stage's, then streams
+  through the text stages into the clause chunker. Without a pipeline both chains are empty.
 - Every synthesized clause records the text it speaks and the sample range it occupies in the item's
   audio; the transcript delta of a clause is sent with its first audio, so the transcript always matches
   the audio sent, and ``conversation.item.truncate`` can cut the text at the played position.
@@ -32,12 +36,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from localrt.engines.interfaces import ChatJob, ChatModel
 from localrt.engines.scheduler import Priority
 from localrt.engines.types import SamplingParams, TextDelta, ToolCallDelta
 from localrt.errors import APIError, ServerError
+from localrt.pipeline import Reply, StageContext, Turn, answer, chained, text_pieces
 from localrt.realtime.conversation import Item, to_messages
 from localrt.realtime.events import new_id
 from localrt.realtime.response_options import ResponseOptions
@@ -83,6 +89,7 @@ class Response:
             ctx, options, self.id, in_conversation=self.in_conversation, timings=self.timings
         )
         self._prompt_tokens = self._completion_tokens = self._cached_tokens = 0
+        self._finish_reason = "stop"
 
     # --- control -------------------------------------------------------------------------------------------
     @property
@@ -175,10 +182,71 @@ class Response:
 
     # --- the pipeline --------------------------------------------------------------------------------------
     async def _generate(self) -> str:
+        """Wait for the turn's transcript, run the session's transcript stages over it (if any), then
+        stream the reply's text (the LLM's, or a stage's own reply) through the text stages into the
+        output: shown as it comes, or chunked into clauses and spoken."""
         pending = [event for item in self._context_items for event in item.pending()]
         if pending:
             await asyncio.gather(*(event.wait() for event in pending))
             self.timings.setdefault("stt_done", time.monotonic())
+        stages = self._stage_context()
+        try:
+            source = await self._text_source(stages)
+            if source is None:  # a stage dropped the turn: the response ends with no output
+                return "stop"
+            text_stages = self.ctx.pipeline.pipeline.text if self.ctx.pipeline is not None else ()
+            async with chained(source, text_stages, stages) as text:
+                async for piece in text:
+                    await self._out.text(piece)
+            await self._out.finish_speech()
+        finally:  # cancelled responses report the tokens used too
+            if stages is not None:
+                self._prompt_tokens += stages.usage.prompt_tokens
+                self._completion_tokens += stages.usage.completion_tokens
+                self._cached_tokens += stages.usage.cached_tokens
+        return self._finish_reason
+
+    async def _text_source(self, stages: StageContext | None) -> AsyncIterator[str] | None:
+        """Where the reply's text comes from: the LLM, or a transcript stage's own reply; None when a
+        transcript stage dropped the turn. A stage's rewrite of the turn replaces the user item's text
+        (what the LLM reads now and in later turns)."""
+        turn = self._turn_item()
+        if stages is not None and turn is not None and self.ctx.pipeline is not None:
+            outcome = await answer(Turn(turn.text(), turn.id), self.ctx.pipeline.pipeline.transcript, stages)
+            if outcome is None:
+                return None
+            if isinstance(outcome, Reply):
+                return text_pieces(outcome.text)
+            if outcome.text != turn.text():
+                rewrite(turn, outcome.text)
+        return self._llm_text()
+
+    def _turn_item(self) -> Item | None:
+        """The user's turn this response answers: the conversation's last item, when it is a user message
+        and the response reads the conversation (a response with its own ``input`` answers no turn)."""
+        if self.options.input is not None or not self._context_items:
+            return None
+        last = self._context_items[-1]
+        return last if last.type == "message" and last.role == "user" else None
+
+    def _stage_context(self) -> StageContext | None:
+        pipeline = self.ctx.pipeline
+        if pipeline is None:
+            return None
+        return StageContext(
+            session_id=self.ctx.session_id,
+            response_id=self.id,
+            pipeline=pipeline.name,
+            options=pipeline.options,
+            settings=pipeline.settings,
+            llm=self.ctx.llm,
+            model=self.ctx.model,
+            max_tokens=self.options.max_tokens,
+        )
+
+    async def _llm_text(self) -> AsyncIterator[str]:
+        """The LLM's reply to the context: its text, as it streams; its function calls go straight to
+        the output (they are not text for the text stages)."""
         llm = await self.ctx.llm.get(self.ctx.model)
         messages = to_messages(self.options.instructions, self._context_items)
         params = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
@@ -189,16 +257,15 @@ class Response:
                     self.timings.setdefault("llm_first_token", time.monotonic())
                     if isinstance(event, TextDelta):
                         if event.text:
-                            await self._out.text(event.text)
+                            yield event.text
                     elif isinstance(event, ToolCallDelta):
                         await self._out.tool_call(event)
-                await self._out.finish_speech()
-        finally:  # cancelled responses report the tokens used too
+        finally:
             result = stream.result
-            self._prompt_tokens = result.prompt_tokens
-            self._completion_tokens = result.completion_tokens
-            self._cached_tokens = result.cached_tokens
-        return str(result.finish_reason)
+            self._prompt_tokens += result.prompt_tokens
+            self._completion_tokens += result.completion_tokens
+            self._cached_tokens += result.cached_tokens
+            self._finish_reason = str(result.finish_reason)
 
     def _open_chat(self, llm: ChatModel, messages: list[dict[str, Any]], params: SamplingParams) -> ChatJob:
         """The chat job. When the history no longer fits the context (truncation "auto"), the engine
@@ -282,3 +349,17 @@ class Response:
             self.id,
             json.dumps(self.timing_report(), separators=(",", ":")),
         )
+
+
+def rewrite(item: Item, text: str) -> None:
+    """A transcript stage rewrote the user's turn: ``text`` becomes the item's text (its first text or
+    transcript part; the others' text is cleared, other parts are kept)."""
+    first = True
+    for content in item.content:
+        if content.type == "input_text":
+            content.text = text if first else ""
+        elif content.type == "input_audio":
+            content.transcript = text if first else ""
+        else:
+            continue
+        first = False

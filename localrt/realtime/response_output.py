@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from localrt.engines.interfaces import ChatModels, TextToSpeech
 from localrt.engines.types import ToolCallDelta
+from localrt.pipeline import SessionPipeline
 from localrt.realtime.conversation import Content, Conversation, Item
 from localrt.realtime.events import Dialect, new_id
 from localrt.realtime.response_options import ResponseOptions
@@ -43,6 +44,7 @@ class ResponseContext:
     tts: TextToSpeech | None
     conversation: Conversation
     timing_log: Any | None = None  # localrt.timings.TimingLog, when the app keeps one
+    pipeline: SessionPipeline | None = None  # the session's custom stages (localrt.pipeline), if any
 
 
 class _Message:

@@ -37,8 +37,10 @@ from starlette.websockets import WebSocket
 
 from localrt.errors import APIError, EngineUnavailable, InvalidRequest, ServerError, ServiceUnavailable
 from localrt.lifecycle import SHUTTING_DOWN, Lifecycle
+from localrt.pipeline import SessionPipeline
 from localrt.realtime import budget, config
 from localrt.realtime import events as ev
+from localrt.realtime.client_items import check_images
 from localrt.realtime.config import SessionConfig, SessionType
 from localrt.realtime.conversation import Conversation, Item, Limits
 from localrt.realtime.events import Dialect, new_id, shown
@@ -65,8 +67,10 @@ class RealtimeSession:
         llm_model: str,
         timing_log: Any | None = None,
         settings: Settings | None = None,
+        pipeline: SessionPipeline | None = None,
     ) -> None:
         self.ws = ws
+        self.llm_model = llm_model
         self.settings = settings or Settings(_env_file=None)
         self.id = new_id("sess")
         self.dialect = dialect
@@ -94,6 +98,7 @@ class RealtimeSession:
             tts=engines.tts,
             conversation=self.conversation,
             timing_log=timing_log,
+            pipeline=pipeline,
         )
         self.responses = SessionResponses(self, response_ctx)
         self._handlers: dict[type, Callable[[Any], Coroutine[Any, Any, None]]] = {
@@ -285,7 +290,7 @@ class RealtimeSession:
         self.listener.transcribe_item(item)
 
     async def build_item(self, param: Any, where: str, conversation: Conversation | None) -> Item:
-        return await budget.build_item(
+        item = await budget.build_item(
             param,
             self.cfg.input_format,
             conversation,
@@ -293,6 +298,8 @@ class RealtimeSession:
             max_bytes=self.settings.realtime_max_item_bytes,
             where=where,
         )
+        await check_images(item, self.engines.llm, self.llm_model, where)  # refused, never dropped
+        return item
 
     async def _item_retrieve(self, event: ev.ConversationItemRetrieve) -> None:
         item = self.conversation.get(event.item_id)

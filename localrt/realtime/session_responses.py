@@ -9,10 +9,15 @@
   failed or cancelled response never blocks later ones.
 - Cancelling (``response.cancel``, barge-in, truncate, server shutdown) never waits on another session:
   see :meth:`~.response.Response.cancel`.
+- A session whose pipeline answers **out of band** (:attr:`localrt.pipeline.Pipeline.out_of_band`, e.g.
+  the interpreter) gets its turns' responses with ``conversation: "none"``: the automatic ones, and a
+  ``response.create`` that names no ``conversation`` and no ``input``. They still hold the conversation's
+  turn (:attr:`SessionResponses.active`: one at a time, barge-in cancels them) but add no item to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Protocol
 
@@ -73,10 +78,14 @@ class SessionResponses:
                 "Audio output is not available: this server runs without a text-to-speech engine.",
                 param="response." + ("output_modalities" if host.dialect == "ga" else "modalities"),
             )
-        if opts.conversation == "auto":
+        turn = opts.conversation == "auto"
+        if turn and opts.input is None and "conversation" not in (event.response or {}):
+            opts = self._turn_options(opts)
+        if turn:
             self._check_no_active_response()
         limit = host.settings.realtime_max_oob_responses
-        if opts.conversation == "none" and sum(not r.in_conversation for r in self.running.values()) >= limit:
+        out_of_band = [r for r in self.running.values() if not r.in_conversation and r is not self.active]
+        if not turn and len(out_of_band) >= limit:
             raise RateLimited(
                 f"This session already runs {limit} out-of-band responses, this server's limit "
                 "(--realtime-max-oob-responses). Wait for one to end (response.done) or cancel one.",
@@ -88,7 +97,7 @@ class SessionResponses:
                 "response event.",
                 param="response.metadata",
             )
-        await self._start(opts, {}, event.event_id)
+        await self._start(opts, {}, event.event_id, turn=turn)
 
     async def cancel(self, event: ev.ResponseCancel) -> None:
         target = self.running.get(event.response_id) if event.response_id is not None else self.active
@@ -112,7 +121,8 @@ class SessionResponses:
         if self.has_active:
             logger.info("session %s: a response is still active; not starting another", host.id)
             return
-        await self._start(response_options(host.cfg, None, host.dialect), marks)
+        opts = self._turn_options(response_options(host.cfg, None, host.dialect))
+        await self._start(opts, marks, turn=True)
 
     async def cancel_owner(self, item_id: str) -> None:
         """Cancel the response still writing ``item_id`` (a truncate of audio being produced)."""
@@ -126,6 +136,14 @@ class SessionResponses:
                 await response.cancel("client_cancelled")
 
     # --- starting and running --------------------------------------------------------------------------------
+    def _turn_options(self, opts: ResponseOptions) -> ResponseOptions:
+        """A turn's response as the session's pipeline wants it: out of band, or as it is."""
+        pipeline = self._ctx.pipeline
+        if pipeline is None or not pipeline.pipeline.out_of_band:
+            return opts
+        metadata = opts.metadata if opts.metadata is not None else {"pipeline": pipeline.name}
+        return dataclasses.replace(opts, conversation="none", metadata=metadata)
+
     def _check_no_active_response(self) -> None:
         if self.active is not None and self.active.active:
             raise InvalidRequest(
@@ -150,24 +168,30 @@ class SessionResponses:
         return items, made
 
     async def _start(
-        self, opts: ResponseOptions, marks: dict[str, float], client_event_id: str | None = None
+        self,
+        opts: ResponseOptions,
+        marks: dict[str, float],
+        client_event_id: str | None = None,
+        *,
+        turn: bool,
     ) -> None:
+        """``turn``: the response takes the conversation's turn (it is :attr:`active`)."""
         host = self._host
         context, made = await self._context(opts)
-        if opts.conversation == "auto":
+        if turn:
             self._check_no_active_response()  # again: decoding input audio may have let a turn start one
         for item in made:
             host.listener.transcribe_item(item)
         response = Response(self._ctx, opts, context, marks=marks, client_event_id=client_event_id)
-        if opts.conversation == "auto":
+        if turn:
             self.active = response
             host.listener.response_started()
         if opts.audio_output:
             self.audio_output_started = True
         self.running[response.id] = response
-        host.tasks.spawn(self._run(response, made), response.id)
+        host.tasks.spawn(self._run(response, made, turn), response.id)
 
-    async def _run(self, response: Response, made: list[Item]) -> None:
+    async def _run(self, response: Response, made: list[Item], turn: bool) -> None:
         try:
             await response.run()
         finally:
@@ -175,5 +199,5 @@ class SessionResponses:
                 self._host.listener.forget(item)
             self.running.pop(response.id, None)
             self.finished = [*self.finished[-(KEEP_FINISHED - 1) :], response]
-            if response.in_conversation:
+            if turn:
                 self._host.listener.response_finished(response.audio_ms)

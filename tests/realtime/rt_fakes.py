@@ -149,6 +149,8 @@ class FakeStream:
 class FakeLLM:
     id = "fake-llm"
     n_ctx = 4096
+    vision = False  # ChatModel's image flags (a test may set them on an instance)
+    image_urls = False
 
     def __init__(self, scheduler: Scheduler | None = None) -> None:
         self.script: Script = words_reply("Paris is the capital of France.")
