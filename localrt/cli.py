@@ -1,4 +1,4 @@
-"""Command line: ``localrt serve`` and ``localrt models``.
+"""Command line: ``localrt serve``, ``localrt models``, ``localrt bench``, ``localrt talk`` and ``localrt chat``.
 
 The ``serve`` flags are generated from :class:`localrt.settings.Settings` by pydantic-settings, so each
 setting has one description shared by ``--help``, the environment variable and the README.
@@ -50,6 +50,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
         "--http-runs", type=int, default=24, help="rounds of each HTTP comparison (default 24)"
     )
     bench.add_argument(
+        "--chat-tokens",
+        type=_count,
+        default=200,
+        help="tokens per generation in the chat comparison (default 200, at temperature 0)",
+    )
+    bench.add_argument(
         "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"
     )
     bench.add_argument("--turns-per-session", type=int, default=3, help="turns per concurrent session")
@@ -99,7 +105,43 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
         help="with --url: the local server's process id, read for the soak's RSS, threads and fds",
     )
     sources["bench"] = CliSettingsSource(Settings, root_parser=bench, cli_kebab_case=True)
+    _client_parsers(sub)
     return parser, sources
+
+
+def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``localrt talk`` and ``localrt chat``: terminal clients of a running server (no settings)."""
+    talk = sub.add_parser(
+        "talk",
+        help="voice chat in the terminal (microphone and speaker, or --input/--output WAV files)",
+        description="Talk with a Realtime server: your speech from the default microphone, the replies "
+        "on the default speaker, live transcripts of both, and barge-in (speaking over a reply stops it). "
+        "--input streams a file as the microphone and ends after the reply; --output saves the reply "
+        "audio. Use headphones with a microphone and speaker, or the assistant hears itself.",
+    )
+    talk.add_argument(
+        "--url", default="ws://127.0.0.1:8000", help="server (ws://, wss://, http:// or https://)"
+    )
+    talk.add_argument("--key", default=None, help="API key (default: $LOCALRT_API_KEY)")
+    talk.add_argument("--model", default=None, help="realtime model (default: the server's)")
+    talk.add_argument("--voice", default=None, help="voice of the replies (default: the server's)")
+    talk.add_argument("--instructions", default=None, help="system instructions for the session")
+    talk.add_argument("--input", default=None, help="audio file streamed as the microphone (wav, mp3, ...)")
+    talk.add_argument("--output", default=None, help="WAV file the reply audio is written to")
+    talk.add_argument(
+        "--timeout", type=float, default=120.0, help="with --input: seconds to wait for the reply"
+    )
+    chat = sub.add_parser(
+        "chat",
+        help="typed chat in the terminal over /v1/chat/completions, streamed",
+        description="Typed chat with streaming replies; the conversation is kept. /exit or Ctrl-D quits, "
+        "/reset forgets the conversation, Ctrl-C stops a reply.",
+    )
+    chat.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    chat.add_argument("--key", default=None, help="API key (default: $LOCALRT_API_KEY)")
+    chat.add_argument("--model", default=None, help="chat model (default: the server's)")
+    chat.add_argument("--system", default=None, help="system message")
+    chat.add_argument("--max-tokens", type=int, default=None, help="cap on each reply's tokens")
 
 
 def _count(text: str) -> int:
@@ -151,6 +193,8 @@ def list_models(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser, sources = _parser()
     args = parser.parse_args(argv)
+    if args.command in ("talk", "chat"):
+        sys.exit(_client(args))
     settings = _settings(sources[args.command], args)
     if args.command == "serve":
         serve(settings)
@@ -158,6 +202,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         list_models(settings)
     elif args.command == "bench":
         bench(settings, args)
+
+
+def _client(args: argparse.Namespace) -> int:
+    if args.command == "chat":
+        from localrt.chat_cli import ChatOptions
+        from localrt.chat_cli import run as run_chat
+
+        return run_chat(ChatOptions(args.url, args.key, args.model, args.system, args.max_tokens))
+    from localrt.talk import TalkOptions
+    from localrt.talk import main as run_talk
+
+    return run_talk(
+        TalkOptions(
+            url=args.url,
+            key=args.key,
+            model=args.model,
+            voice=args.voice,
+            instructions=args.instructions,
+            input=args.input,
+            output=args.output,
+            timeout=args.timeout,
+        )
+    )
 
 
 def bench(settings: Settings, args: argparse.Namespace) -> None:
@@ -179,6 +246,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
             api_key=args.bench_key,
             turns=args.turns,
             http_runs=args.http_runs,
+            chat_tokens=args.chat_tokens,
             concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
             turns_per_session=args.turns_per_session,
             mixed_turns=0 if args.no_mixed else args.mixed_turns,

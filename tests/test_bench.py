@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.anyio
 async def test_short_bench_run(tmp_path: Path, settings: Settings, engines: Engines) -> None:
     cfg = BenchConfig(
-        turns=1, http_runs=2, concurrency=(2,), turns_per_session=2, out=tmp_path, warmup=False,
+        turns=1, http_runs=2, chat_tokens=24, concurrency=(2,), turns_per_session=2, out=tmp_path, warmup=False,
         settings=settings, mixed_turns=1, mixed_audio_s=6.0, soak_sessions=1, soak_turns=1,
     )  # fmt: skip
     raw = await run(cfg, engines)

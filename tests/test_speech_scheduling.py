@@ -10,6 +10,7 @@ embedded models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -399,8 +400,10 @@ async def test_real_voice_turn_transcription_waits_at_most_a_segment(engines: En
         chunk = await engines.tts.synthesize(text)
         speech.append(resample(int16_to_float32(chunk.samples), chunk.sample_rate, RATE))
     gap = np.zeros(RATE // 2, np.float32)
-    long_audio = np.concatenate([part for _ in range(8) for s in speech for part in (s, gap)])
-    assert len(long_audio) > 60 * RATE
+    # Long enough that its job is still running when the turn comes (the priority is given here, so
+    # its length need not pass --bulk-audio-seconds).
+    long_audio = np.concatenate([part for _ in range(4) for s in speech for part in (s, gap)])
+    assert len(long_audio) > 30 * RATE
     log: list[str] = []
     long: Any = engines.stt.stream(long_audio, priority=Priority.BULK)
     started = asyncio.Event()
@@ -414,5 +417,8 @@ async def test_real_voice_turn_transcription_waits_at_most_a_segment(engines: En
     log.append("turn")
     assert wer(SENTENCES[1], turn.text) < 0.2, turn.text
     assert log[log.index("submit") :].index("turn") <= 3, log  # at most 2 further segments
-    await task
-    assert log.count("long") > 4
+    await long.aclose()  # the rest of the long job is not this test's business
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert log.count("long") >= 1

@@ -74,7 +74,9 @@ def _rates(t0: float, first: float | None, end: float, n: int) -> dict[str, floa
     return {"ttft_s": ttft, "tokens_per_s": tps, "tokens": n}
 
 
-def chat_http_client_process(base_url: str, api_key: str, question: str) -> dict[str, Any]:
+def chat_http_client_process(
+    base_url: str, api_key: str, question: str, max_tokens: int = CHAT_MAX_TOKENS
+) -> dict[str, Any]:
     """``chat_http`` from a client made here: the bench calls this in a child process.
 
     A real client is another process. Run in the server's own process, the openai client's per-chunk
@@ -82,10 +84,10 @@ def chat_http_client_process(base_url: str, api_key: str, question: str) -> dict
     charging the client's cost to the server.
     """
     with openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0, timeout=120) as client:
-        return chat_http(client, question)
+        return chat_http(client, question, max_tokens)
 
 
-def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
+def chat_http(client: openai.OpenAI, question: str, max_tokens: int = CHAT_MAX_TOKENS) -> dict[str, Any]:
     t0 = time.perf_counter()
     first = None
     n = 0
@@ -93,7 +95,7 @@ def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
         model="gpt-4o",
         messages=chat_messages(question),  # type: ignore[arg-type]
         temperature=0,
-        max_tokens=CHAT_MAX_TOKENS,
+        max_tokens=max_tokens,
         stream=True,
     )
     for chunk in stream:
@@ -106,13 +108,13 @@ def chat_http(client: openai.OpenAI, question: str) -> dict[str, Any]:
     return _rates(t0, first, time.perf_counter(), n)
 
 
-async def chat_engine(model: ChatModel, question: str) -> dict[str, Any]:
+async def chat_engine(model: ChatModel, question: str, max_tokens: int = CHAT_MAX_TOKENS) -> dict[str, Any]:
     """localrt's chat engine in-process, same prompt and settings, no HTTP: splits the HTTP layer's
     cost from the engine's."""
     t0 = time.perf_counter()
     first = None
     n = 0
-    params = SamplingParams(temperature=0, max_tokens=CHAT_MAX_TOKENS)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens)
     async with model.chat(chat_messages(question), params=params) as job:
         async for event in job:
             if isinstance(event, TextDelta) and event.text:

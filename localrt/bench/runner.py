@@ -44,6 +44,7 @@ class BenchConfig:
     api_key: str | None = None
     turns: int = 20
     http_runs: int = 24
+    chat_tokens: int = http_bench.CHAT_MAX_TOKENS  # per generation in the chat comparison
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
     mixed_turns: int = 10  # 0: no mixed-load stage
@@ -129,7 +130,12 @@ class _Stages:
     def _chat_http(self, question: str) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(
-            self.client_process, http_bench.chat_http_client_process, self.url, self.key, question
+            self.client_process,
+            http_bench.chat_http_client_process,
+            self.url,
+            self.key,
+            question,
+            self.cfg.chat_tokens,
         )
 
     async def warmup(self) -> None:
@@ -168,7 +174,7 @@ class _Stages:
     async def _chat_engine_side(self, i: int) -> dict[str, Any]:
         await http_bench.prime_engine(self.model)
         return await http_bench.chat_engine(
-            self.model, http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)]
+            self.model, http_bench.CHAT_PROMPTS[i % len(http_bench.CHAT_PROMPTS)], self.cfg.chat_tokens
         )
 
     async def chat(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
@@ -273,6 +279,7 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     raw["config"] = {
         "turns": cfg.turns,
         "http_runs": cfg.http_runs,
+        "chat_tokens": cfg.chat_tokens,
         "concurrency": list(cfg.concurrency),
         "turns_per_session": cfg.turns_per_session,
         "concurrency_turns": conc_turns,
