@@ -33,6 +33,12 @@ def wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>"))
 
 
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate, ignoring case and punctuation: for short replies heard through a narrow
+    codec, where one misheard sound ("the sky" -> "this guy") costs two of five words."""
+    return float(jiwer.cer(normalize(reference), normalize(hypothesis) or "<empty>"))
+
+
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -48,7 +48,18 @@ def check(stop: threading.Event | None) -> None:
 async def run_off_loop(work: Callable[[threading.Event], T]) -> T:
     """``work(stop)`` in a worker thread; cancelling the caller abandons it (and sets ``stop``)."""
     stop = threading.Event()
+    # The result goes through ``results``, not as the function's return value: an idle worker thread keeps
+    # its last job's function, arguments and return value alive until its next job, and here those are
+    # up to 15 MiB of audio that the conversation may already have dropped.
+    jobs, results = [work], list[T]()
+
+    def run() -> None:
+        results.append(jobs.pop()(stop))
+
     try:
-        return await anyio.to_thread.run_sync(work, stop, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        return results.pop()
     finally:
         stop.set()  # done already, or abandoned: either way nothing more is wanted from it
+        jobs.clear()
+        results.clear()
