@@ -259,16 +259,6 @@ class Settings(BaseSettings):
         "(--llm-max-queue), realtime turns first.",
     )
 
-    @field_validator("llm_base_url")
-    @classmethod
-    def _llm_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
-
     # --- remote speech engines (an OpenAI-compatible server does the work) ---------------------------
     stt_base_url: str | None = Field(
         None,
@@ -301,7 +291,7 @@ class Settings(BaseSettings):
         description="Syntheses streamed from --tts-base-url at once (more wait in the queue).",
     )
 
-    @field_validator("stt_base_url", "tts_base_url")
+    @field_validator("llm_base_url", "stt_base_url", "tts_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -16,6 +16,7 @@ from localrt.app import create_app
 from localrt.engines import Engines, load_engines
 from localrt.serving import serve_in_thread
 from localrt.settings import Settings
+from tests.sched_helpers import Blocked, Schedulers
 from tests.servers import API_KEY, make_settings
 
 
@@ -60,3 +61,21 @@ def openai_client(server_url: str) -> Iterator[openai.OpenAI]:
 def http(server_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server_url, timeout=120) as client:
         yield client
+
+
+# --- schedulers for the scheduler tests (tests/sched_helpers.py) -------------------------------------
+
+
+@pytest.fixture
+def make() -> Iterator[Schedulers]:
+    """Schedulers closed (and their workers joined) when the test ends."""
+    schedulers = Schedulers()
+    yield schedulers
+    schedulers.close_all()
+
+
+@pytest.fixture
+def blocked(make: Schedulers) -> Iterator[Blocked]:
+    state = Blocked(make(slots=1, max_queue=8))
+    yield state
+    state.gate.set()

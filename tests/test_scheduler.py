@@ -30,21 +30,6 @@ from localrt.errors import RateLimited
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def make() -> Iterator[Schedulers]:
-    """Schedulers closed (and their workers joined) when the test ends."""
-    schedulers = Schedulers()
-    yield schedulers
-    schedulers.close_all()
-
-
-@pytest.fixture
-def blocked(make: Schedulers) -> Iterator[Blocked]:
-    state = Blocked(make(slots=1, max_queue=8))
-    yield state
-    state.gate.set()
-
-
 # --- priority and the bounded queue ---------------------------------------------------------------------
 async def test_priority_order_then_arrival_order(blocked: Blocked) -> None:
     scheduler, gate, log = await blocked.hold()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sched_helpers import Log, Schedulers, drain, held, pieces, until
@@ -16,13 +15,6 @@ from localrt.engines import scheduler as scheduler_mod
 from localrt.engines.scheduler import INTERACTIVE, Priority
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def make() -> Iterator[Schedulers]:
-    schedulers = Schedulers()
-    yield schedulers
-    schedulers.close_all()
 
 
 def count(log: Log, tag: str) -> int:

@@ -34,21 +34,6 @@ from localrt.errors import InvalidRequest
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def make() -> Iterator[Schedulers]:
-    """Schedulers closed (and their workers joined) when the test ends."""
-    schedulers = Schedulers()
-    yield schedulers
-    schedulers.close_all()
-
-
-@pytest.fixture
-def blocked(make: Schedulers) -> Iterator[Blocked]:
-    state = Blocked(make(slots=1, max_queue=8))
-    yield state
-    state.gate.set()
-
-
 # --- closing, failures, slots --------------------------------------------------------------------------
 async def test_close_ends_queued_and_running_jobs_for_their_consumers(make: Schedulers) -> None:
     records: list[JobRecord] = []

@@ -34,7 +34,7 @@ from localrt.audio.pcm import float32_to_int16
 from localrt.engines.remote_common import SlotLease, Upstream, map_error
 from localrt.engines.scheduler import EngineClosed, Priority, QueueFull, Scheduler, SchedulerStats
 from localrt.engines.stt import _LANGUAGE_NAMES
-from localrt.engines.types import Segment, Task, Transcription, Word
+from localrt.engines.types import Segment, Task, Transcription, Word, check_transcription
 from localrt.errors import APIError, InvalidRequest
 from localrt.settings import Settings
 
@@ -195,12 +195,7 @@ class RemoteSpeechToText:
         self, audio: np.ndarray, language: str | None, prompt: str | None, temperature: float, task: Task
     ) -> dict[str, Any]:
         check_admission(self.scheduler, self._closed, "speech-to-text")
-        if audio.ndim != 1:
-            raise InvalidRequest("Audio must be mono.", param="file")
-        if task not in ("transcribe", "translate"):
-            raise InvalidRequest(f"Unknown task '{task}'.", param="task")
-        if not 0.0 <= temperature <= 1.0:
-            raise InvalidRequest("temperature must be between 0 and 1.", param="temperature")
+        check_transcription(audio, task, temperature)
         options: dict[str, Any] = {"task": task, "temperature": temperature}
         if language is not None and language.strip() and task == "transcribe":
             options["language"] = language.strip().lower()

@@ -27,7 +27,7 @@ import numpy as np
 from localrt.catalog import EMBEDDED_STT_ID, Catalog
 from localrt.engines.scheduler import EngineClosed, Job, JobControl, Priority, Scheduler, SchedulerStats
 from localrt.engines.stt_bounds import Stopped, StopSignal, bound, max_new_tokens
-from localrt.engines.types import Segment, Task, Transcription, Word
+from localrt.engines.types import Segment, Task, Transcription, Word, check_transcription
 from localrt.errors import APIError, InvalidRequest, ModelNotFound, ServerError
 from localrt.settings import Settings
 
@@ -233,8 +233,7 @@ class WhisperEngine:
         if self._model is None:
             raise EngineClosed("The speech-to-text engine is closed.")
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        if audio.ndim != 1:
-            raise InvalidRequest("Audio must be mono.", param="file")
+        check_transcription(audio, task, temperature)
         if language is not None:
             language = language.strip().lower() or None
         if language is not None and language not in self.languages:
@@ -243,10 +242,6 @@ class WhisperEngine:
                 f"{', '.join(self.languages)}.",
                 param="language",
             )
-        if task not in ("transcribe", "translate"):
-            raise InvalidRequest(f"Unknown task '{task}'.", param="task")
-        if not 0.0 <= temperature <= 1.0:
-            raise InvalidRequest("temperature must be between 0 and 1.", param="temperature")
         # OpenAI: temperature 0 means "start greedy, raise the temperature on failure".
         # (Closing the stream stops the fallback between two tries: see stt_bounds.)
         temperatures: Any = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if temperature == 0 else temperature

@@ -8,7 +8,19 @@ from typing import Literal
 
 import numpy as np
 
+from localrt.errors import InvalidRequest
+
 Task = Literal["transcribe", "translate"]
+
+
+def check_transcription(audio: np.ndarray, task: str, temperature: float) -> None:
+    """What every speech-to-text engine checks of a request before any work (InvalidRequest)."""
+    if audio.ndim != 1:
+        raise InvalidRequest("Audio must be mono.", param="file")
+    if task not in ("transcribe", "translate"):
+        raise InvalidRequest(f"Unknown task '{task}'.", param="task")
+    if not 0.0 <= temperature <= 1.0:
+        raise InvalidRequest("temperature must be between 0 and 1.", param="temperature")
 
 
 # --- chat ---------------------------------------------------------------------------------------------

@@ -179,7 +179,12 @@ class FakeLLM:
         self.cache_keys.append(cache_key)
         self.priorities.append(priority)
         events = self.script(messages, tools, tool_choice)
-        return FakeStream(self, events, params or SamplingParams(), priority)
+        return self._stream(events, params or SamplingParams(), priority)
+
+    def _stream(
+        self, events: list[TextDelta | ToolCallDelta], params: SamplingParams, priority: Priority
+    ) -> Any:
+        return FakeStream(self, events, params, priority)
 
     def stats(self) -> list[SchedulerStats]:
         return [self.scheduler.stats()]
@@ -190,25 +195,12 @@ class EngineStreamLLM(FakeLLM):
     over the fake's scheduler: the path a response takes through the in-process LLM engine (queueing,
     the prompt-ready hand-off, cancelling), with a scripted generator in place of llama.cpp."""
 
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
-        response_format: Any = None,
-        params: SamplingParams | None = None,
-        truncate_history: bool = False,
-        priority: Priority = Priority.HTTP,
-        cache_key: str | None = None,
+    def _stream(
+        self, events: list[TextDelta | ToolCallDelta], params: SamplingParams, priority: Priority
     ) -> Any:
         from localrt.engines.llm_stream import ChatStream, Item, Ready
 
-        self.prompts.append(messages)
-        self.cache_keys.append(cache_key)
-        self.priorities.append(priority)
-        events = self.script(messages, tools, tool_choice)
-        limit = (params or SamplingParams()).max_tokens
+        limit = params.max_tokens
         llm = self
 
         def work(control: JobControl) -> Iterator[Item]:
