@@ -62,9 +62,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     bench.add_argument(
         "--mixed-turns",
         type=_count,
-        default=10,
+        default=20,
         help="voice turns alone and again under mixed HTTP load (a long transcription and long chats "
-        "streaming meanwhile), default 10; 0 skips the mixed-load stage",
+        "streaming meanwhile), default 20; 0 skips the mixed-load stage",
     )
     bench.add_argument(
         "--mixed-audio-seconds",

@@ -47,7 +47,7 @@ class BenchConfig:
     chat_tokens: int = http_bench.CHAT_MAX_TOKENS  # per generation in the chat comparison
     concurrency: tuple[int, ...] = (1, 2, 4)
     turns_per_session: int = 3
-    mixed_turns: int = 10  # 0: no mixed-load stage
+    mixed_turns: int = 20  # 0: no mixed-load stage; its p95 over 10 turns is the second-slowest turn
     mixed_audio_s: float = 90.0  # the background transcription's audio (longer than bulk_audio_seconds)
     hop_baseline_url: str | None = None  # with ``url`` a front: the all-in-one server behind it
     hop_turns: int = 10
