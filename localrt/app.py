@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     app.state.started = time.time()  # for /status's uptime
     app.state.timings = TimingLog(observer=metrics.observe_turn)
+    app.state.timings.speculation.observer = metrics.observe_speculation
     app.state.metrics = metrics
     metrics.watch(app.state)
     app.state.lifecycle = lifecycle

@@ -7,6 +7,7 @@ its ``__init__`` imports an unrelated package and fails.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 from dataclasses import dataclass, field
@@ -50,6 +51,17 @@ def embedded_vad() -> Path | None:
     return path if path and path.is_file() else None
 
 
+def embedded_smart_turn() -> Path | None:
+    """Smart Turn v3.2 inside the pipecat-ai wheel, found from the package metadata: ``pipecat`` itself
+    is never imported (its ``__init__`` needs loguru, which we do not install)."""
+    try:
+        dist = importlib.metadata.distribution("pipecat-ai")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx")))
+    return path if path.is_file() else None
+
+
 @dataclass
 class Catalog:
     """Every model this server can serve, by stable id -> file or folder."""
@@ -58,6 +70,7 @@ class Catalog:
     whispers: dict[str, Path] = field(default_factory=dict)
     voices: dict[str, Path] = field(default_factory=dict)
     vad: Path | None = None
+    turn: Path | None = None  # the Smart Turn end-of-turn model (semantic_vad)
 
 
 def scan(models_dir: Path | None) -> Catalog:
@@ -74,6 +87,7 @@ def scan(models_dir: Path | None) -> Catalog:
     if (p := embedded_voice()) is not None:
         cat.voices[EMBEDDED_VOICE_ID] = p
     cat.vad = embedded_vad()
+    cat.turn = embedded_smart_turn()
     if models_dir is not None and models_dir.is_dir():
         for path in sorted(models_dir.rglob("*.gguf")):
             cat.llms[path.stem] = path.resolve()

@@ -38,8 +38,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
     bench = sub.add_parser(
         "bench",
         help="profile latency of the voice loop and the HTTP endpoints against the engines, then soak",
-        description="Latency profiling (voice turns, HTTP against the engines in-process, concurrent "
-        "sessions, voice turns under mixed HTTP load), then a soak (concurrent realtime sessions x voice "
+        description="Latency profiling (voice turns in each turn detection mode, incomplete utterances "
+        "for the false end-of-turn rate, HTTP against the engines in-process, concurrent sessions, voice "
+        "turns under mixed HTTP load), then a soak (concurrent realtime sessions x voice "
         "turns; --soak runs only that). Without --url it serves in-process with the settings below; with "
         "--url it measures that server (the floor and the engine sides still run on engines loaded here).",
     )
@@ -56,7 +57,25 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Sett
         help="tokens per generation in the chat comparison (default 200, at temperature 0)",
     )
     bench.add_argument(
-        "--concurrency", default="1,2,4", help="concurrent session counts, comma separated (default 1,2,4)"
+        "--concurrency",
+        default="1,2,4,8",
+        help="concurrent session counts, comma separated (default 1,2,4,8)",
+    )
+    bench.add_argument(
+        "--vad-modes",
+        default="server_vad,semantic_vad",
+        help="turn detection modes the voice turns and the incomplete utterances run in, side by side "
+        "(default server_vad,semantic_vad)",
+    )
+    bench.add_argument(
+        "--incomplete",
+        type=_count,
+        default=10,
+        help="incomplete utterances (a pause inside) per mode, for the false end-of-turn rate (default 10, "
+        "the whole set; 0 skips them)",
+    )
+    bench.add_argument(
+        "--pause-ms", type=int, default=700, help="the pause inside each incomplete utterance (default 700)"
     )
     bench.add_argument("--turns-per-session", type=int, default=3, help="turns per concurrent session")
     bench.add_argument(
@@ -186,6 +205,7 @@ def list_models(settings: Settings) -> None:
         + [("transcription", mid, path) for mid, path in cat.whispers.items()]
         + [("speech", mid, path) for mid, path in cat.voices.items()]
         + ([("vad", "silero-vad", cat.vad)] if cat.vad else [])
+        + ([("turn", "smart-turn-v3.2", cat.turn)] if cat.turn else [])
     )
     print(json.dumps([{"kind": k, "id": i, "path": str(p)} for k, i, p in rows], indent=2))
 
@@ -232,11 +252,18 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
 
     from localrt.bench.runner import BenchConfig
     from localrt.bench.runner import main as run_bench
+    from localrt.bench.turns import INCOMPLETE, parse_modes
 
     if args.soak and not (args.soak_sessions and args.soak_turns):
         sys.exit("localrt: --soak needs --soak-sessions and --soak-turns of 1 or more")
     if args.mixed_audio_seconds <= 0:
         sys.exit("localrt: --mixed-audio-seconds must be more than 0")
+    try:
+        vad_modes = parse_modes(args.vad_modes)
+    except ValueError as exc:
+        sys.exit(f"localrt: --vad-modes: {exc}")
+    if not 0 < args.pause_ms <= 5000:
+        sys.exit("localrt: --pause-ms must be 1 to 5000")
     if args.hop_baseline_url and not args.url:
         sys.exit("localrt: --hop-baseline-url needs --url (the front)")
     logging.basicConfig(level=logging.WARNING)
@@ -249,6 +276,9 @@ def bench(settings: Settings, args: argparse.Namespace) -> None:
             chat_tokens=args.chat_tokens,
             concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
             turns_per_session=args.turns_per_session,
+            vad_modes=vad_modes,
+            incomplete=min(args.incomplete, len(INCOMPLETE)),
+            pause_ms=args.pause_ms,
             mixed_turns=0 if args.no_mixed else args.mixed_turns,
             mixed_audio_s=args.mixed_audio_seconds,
             hop_baseline_url=args.hop_baseline_url.rstrip("/") if args.hop_baseline_url else None,

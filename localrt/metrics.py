@@ -206,6 +206,18 @@ class Metrics:
             name: Histogram(f"localrt_realtime_{name}_seconds", doc, buckets=TURN_BUCKETS, registry=reg)
             for name, (_, _, doc) in TURN_STAGES.items()
         }
+        self.speculations = Counter(
+            "localrt_realtime_speculations",
+            "Speculative replies (computed in the user's pause) by outcome: used or discarded.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.speculation_seconds = Counter(
+            "localrt_realtime_speculation_seconds",
+            "Engine seconds spent on speculative replies, by engine (stt, llm, tts) and outcome.",
+            ["engine", "outcome"],
+            registry=reg,
+        )
         self.http_requests = Counter(
             "localrt_http_requests",
             "HTTP requests by route template, method and status.",
@@ -255,6 +267,12 @@ class Metrics:
             seconds = stage_seconds(marks, starts, end)
             if seconds is not None:
                 self.stages[name].observe(seconds)
+
+    def observe_speculation(self, outcome: str, seconds: Mapping[str, float]) -> None:
+        """A :class:`~localrt.timings.SpeculationTotals` observer: one speculative reply settled."""
+        self.speculations.labels(outcome).inc()
+        for engine, value in seconds.items():
+            self.speculation_seconds.labels(engine, outcome).inc(max(0.0, value))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(status)).inc()

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Out-of-band responses (conversation none) one session may run at once.",
     )
+    realtime_speculate: bool = Field(
+        True,
+        description="Compute a turn's reply (LLM and first clause of speech) in the user's pause, held "
+        "until the turn ends; false: start it when the turn ends.",
+    )
     shutdown_timeout_s: float = Field(
         5.0,
         ge=0,
@@ -148,7 +153,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="CPU threads for llama.cpp. Unset: all CPU cores but one (at least 1), which stays "
-        "free for Whisper, Piper and the event loop.",
+        "free for Whisper, Piper and the event loop; a prompt is evaluated with all cores when no other "
+        "engine is busy on the CPU at that moment.",
     )
     n_batch: int = Field(512, ge=1, description="llama.cpp prompt-processing batch size.")
     llm_mmproj: Path | None = Field(
@@ -202,6 +208,22 @@ class Settings(BaseSettings):
     )
     vad_engine: str = Field(
         "silero", description="Voice-activity implementation (a name in localrt.engines.REGISTRY['vad'])."
+    )
+    turn_engine: str = Field(
+        "smart_turn",
+        description="End-of-turn model for semantic_vad (a name in localrt.engines.REGISTRY['turn']).",
+    )
+    turn_model: Path | None = Field(
+        None,
+        description="A Smart Turn ONNX file (input input_features [batch, 80, 800], output P(complete)) "
+        "to use instead of the embedded one; its checksum is not checked. Unset: the embedded Smart Turn "
+        "v3.2 (from the pipecat-ai package).",
+    )
+    semantic_vad_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="P(turn complete) at or above which semantic_vad ends a turn at a pause.",
     )
     llm_slots: int = Field(
         1,
@@ -305,6 +327,11 @@ class Settings(BaseSettings):
     load_stt: bool = Field(True, description="Load the Whisper engine at start-up.")
     load_tts: bool = Field(True, description="Load the Piper engine at start-up.")
     load_vad: bool = Field(True, description="Load the silero VAD engine at start-up.")
+    load_turn: bool = Field(
+        True,
+        description="Load the Smart Turn model for semantic_vad at start-up (with --load-vad only: "
+        "without a VAD there are no pauses to judge).",
+    )
 
     def resolved_n_threads(self) -> int:
         import os

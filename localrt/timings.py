@@ -28,6 +28,34 @@ from starlette.routing import BaseRoute, Route
 logger = logging.getLogger("localrt.realtime.timing")
 
 TurnObserver = Callable[[Mapping[str, float], Mapping[str, Any]], None]
+SPECULATION_ENGINES = ("stt", "llm", "tts")
+
+
+class SpeculationTotals:
+    """Speculations by outcome, and the engine seconds each outcome cost (thread safe, cumulative)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = {
+            o: {"count": 0, **{f"{e}_s": 0.0 for e in SPECULATION_ENGINES}} for o in ("used", "discarded")
+        }
+        self.observer: Callable[[str, dict[str, float]], None] | None = None
+
+    def record(self, outcome: str, seconds: dict[str, float]) -> None:
+        with self._lock:
+            row = self._totals[outcome]
+            row["count"] += 1
+            for engine, value in seconds.items():
+                row[f"{engine}_s"] += value
+        if self.observer is not None:
+            try:
+                self.observer(outcome, seconds)
+            except Exception:  # metrics never break a turn
+                logger.exception("speculation observer failed")
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {o: {k: round(v, 4) for k, v in row.items()} for o, row in self._totals.items()}
 
 
 class TimingLog:
@@ -37,6 +65,7 @@ class TimingLog:
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
         self.observer = observer
+        self.speculation = SpeculationTotals()  # speculative replies (realtime.speculation)
 
     def record(self, session_id: str, response_id: str | None, marks: dict[str, float], **extra: Any) -> None:
         entry = {"session_id": session_id, "response_id": response_id, "marks": dict(marks), **extra}
@@ -59,7 +88,12 @@ class TimingLog:
 
 async def timings_endpoint(request: Request) -> Response:
     log: TimingLog = request.app.state.timings
-    return JSONResponse({"data": log.entries(request.query_params.get("session_id"))})
+    return JSONResponse(
+        {
+            "data": log.entries(request.query_params.get("session_id")),
+            "speculation": log.speculation.snapshot(),
+        }
+    )
 
 
 routes: list[BaseRoute] = [Route("/debug/timings", timings_endpoint, methods=["GET"])]

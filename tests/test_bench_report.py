@@ -23,17 +23,49 @@ def marks(offset: float) -> dict[str, float]:
     }
 
 
+def spec(used: int = 0, discarded: int = 0, discarded_llm_s: float = 0.0) -> dict[str, Any]:
+    """One turn's speculative work as :func:`localrt.bench.turns.speculation_delta` gives it."""
+    return {
+        "used": {"count": used, "stt_s": 0.1 * used, "llm_s": 0.3 * used, "tts_s": 0.05 * used},
+        "discarded": {"count": discarded, "stt_s": 0.0, "llm_s": discarded_llm_s, "tts_s": 0.0},
+    }
+
+
+def fake_turn(i: int, mode: str, perceived: float, end_of_turn: float, **extra: Any) -> dict[str, Any]:
+    t = TurnSample(question=f"q{i}", mode=mode, status="completed", user_perceived_s=perceived,
+                   end_of_turn_s=end_of_turn, after_stop_s=perceived - end_of_turn, **extra)  # fmt: skip
+    apply_marks(t, marks(i))
+    return t.to_dict()
+
+
+def fake_incomplete(mode: str, stops: list[list[float]]) -> list[dict[str, Any]]:
+    """Turns of incomplete utterances whose second part began 1.0 s and ended 1.5 s into the stream,
+    with their speech_stopped times; one whose first stop comes before 1.0 s was cut in the pause."""
+    out = []
+    for i, times in enumerate(stops):
+        t = TurnSample(question=f"i{i}", mode=mode, status="completed", stops_s=times,
+                       clock_s={"resume_sent": 1.0, "last_voiced_sent": 1.5}, committed=len(times),
+                       end_of_turn_s=times[-1] - 1.5, speculation=spec(discarded=int(times[0] < 1.0)))  # fmt: skip
+        out.append(t.to_dict())
+    return out
+
+
 def fake_raw() -> dict[str, Any]:
     turns, floors = [], []
     for i in range(5):
-        t = TurnSample(question=f"q{i}", status="completed", user_perceived_s=0.8 + i / 100)
-        apply_marks(t, marks(i))
-        turns.append(t.to_dict())
+        turns.append(fake_turn(i, "server_vad", 0.8 + i / 100, 0.55, speculation=spec(used=1), llm_run_s=1.0))
         floors.append({"question": f"q{i}", "stt_s": 0.28, "llm_first_clause_s": 0.19,
                        "tts_first_chunk_s": 0.05, "first_clause": "Hi.", "total_s": 0.52})  # fmt: skip
     conc = {str(n): [dict(turns[0], session=k % n, turn=k // n) for k in range(n * 2)] for n in (1, 2, 4)}
+    semantic = [
+        fake_turn(i, "semantic_vad", 0.35 + i / 100, 0.2, speculation=spec(1, 1, 0.2), llm_run_s=1.2)
+        for i in range(5)
+    ]
     return {
-        "voice_turns": turns,
+        "voice_turns": turns + semantic,
+        "incomplete": fake_incomplete("server_vad", [[0.8, 2.0]] * 4)
+        + fake_incomplete("semantic_vad", [[0.9, 2.0], [1.7], [1.8], [1.9]]),
+        "config": {"pause_ms": 700},
         "floor": floors,
         "chat": {
             "http": [{"ttft_s": 0.020, "tokens_per_s": 150.0}] * 3,
@@ -122,6 +154,72 @@ def test_summary_has_every_metric_and_judges_targets(tmp_path: Path) -> None:
     assert "http/engine: 0.987 (middle half 0.987 to 0.987, 3 rounds); ratio of the p50s 0.987" in text
     assert "direct" not in text
     assert "mixed" not in t and "Mixed load" not in text  # the stage did not run: no section, no target
+
+
+def test_turn_detection_per_mode_false_end_of_turn_and_speculation(tmp_path: Path) -> None:
+    raw = fake_raw()
+    summ = report.summarize(raw)
+    modes = summ["turn_detection"]["modes"]
+    assert list(modes) == ["server_vad", "semantic_vad"]
+    s, m = modes["server_vad"], modes["semantic_vad"]
+    assert s["turns"] == m["turns"] == 5
+    assert s["end_of_turn_s"]["p50"] == pytest.approx(0.55) and s["after_stop_s"]["p50"] == pytest.approx(
+        0.27
+    )
+    assert m["user_perceived_s"]["p50"] == pytest.approx(0.37) and m["end_of_turn_s"]["p95"] == pytest.approx(
+        0.2
+    )
+    assert set(m["stages_s"]) == {name for name, _, _ in STAGES}
+    assert (s["incomplete"]["false_end_of_turn"], s["incomplete"]["rate"]) == (4, 1.0)
+    assert s["incomplete"]["end_of_turn_after_true_end_s"]["n"] == 0  # every one was cut
+    assert (m["incomplete"]["false_end_of_turn"], m["incomplete"]["rate"]) == (1, 0.25)
+    assert m["incomplete"]["end_of_turn_after_true_end_s"]["p50"] == pytest.approx(0.3)  # 1.8 - 1.5
+    assert m["speculation"] == {"turns": 5, "used": 5, "discarded": 5, "discarded_llm_s": pytest.approx(1.0),
+                                "llm_run_s": pytest.approx(6.0), "discarded_llm_share": pytest.approx(1 / 6)}  # fmt: skip
+    t = summ["targets"]
+    assert t["server_vad_compute_after_stop_p50_ms"]["value"] == pytest.approx(270.0)
+    assert t["server_vad_compute_after_stop_p50_ms"]["met"] is False
+    assert t["server_vad_perceived_minus_silence_p50_ms"]["value"] == pytest.approx(320.0)
+    assert t["semantic_vad_perceived_p50_ms"] == {
+        "value": pytest.approx(370.0),
+        "target": "<= 400.0",
+        "met": True,
+    }
+    assert t["semantic_vad_false_end_of_turn_rate"]["met"] is False  # 0.25 > 0.10
+    # Over both modes' voice turns: 1.0 s discarded of 11.0 s of LLM time.
+    assert t["speculation_discarded_llm_share"]["value"] == pytest.approx(1.0 / 11.0)
+    assert t["speculation_discarded_llm_share"]["met"] is True
+    assert set(t) == set(report.TARGETS) - {"mixed_voice_p95_over_alone", "mixed_all_turns_completed",
+                                            "soak_lost_turns"}  # fmt: skip
+    text = report.table(summ)
+    assert (
+        "Turn detection, the same utterances in each mode: turns completed server_vad 5/5, semantic_vad 5/5"
+        in text
+    )
+    assert "Incomplete utterances (700 ms pause inside)" in text
+    assert "  server_vad: 4/4 cut in the pause (100%); the rest: p50 -, p95 -" in text
+    assert "  semantic_vad: 1/4 cut in the pause (25%); the rest: p50 300, p95" in text
+    assert "  semantic_vad: used 5, discarded 5; discarded LLM 1.00 s of 6.00 s (17%)" in text
+    assert "    incomplete set: used 0, discarded 1; discarded LLM 0.00 s of - s (-)" in text
+    paths = report.write(raw, summ, tmp_path)
+    assert paths["png"].stat().st_size > 1000
+    saved = json.loads(paths["json"].read_text())["raw"]
+    assert saved["incomplete"][0]["stops_s"] == [0.8, 2.0]  # the raw samples, to recompute from
+
+
+def test_a_server_without_speculation_or_a_second_mode_reports_na() -> None:
+    raw = fake_raw()
+    raw["voice_turns"] = [dict(t, speculation=None, llm_run_s=None) for t in raw["voice_turns"][:5]]
+    del raw["incomplete"]
+    summ = report.summarize(raw)
+    assert list(summ["turn_detection"]["modes"]) == ["server_vad"]
+    t = summ["targets"]
+    assert t["speculation_discarded_llm_share"] == {"value": None, "target": "<= 0.3", "met": None}
+    assert not any(name.startswith("semantic_vad") for name in t)
+    text = report.table(summ)
+    assert "  server_vad: n/a (the server reports no speculation)" in text
+    assert "Incomplete utterances" not in text
+    assert "speculation_discarded_llm_share" in text and "n/a" in text
 
 
 def test_turns_cut_at_the_token_cap_complete_and_others_do_not() -> None:

@@ -133,7 +133,7 @@ def test_fuzz_chat_completions(server: ServerProcess, http: httpx.Client) -> Non
     base = {"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
     tool = {"type": "function", "function": {"name": "f", "parameters": many_items}}
 
-    @fuzz_settings(40, shrink=False)
+    @fuzz_settings(25, shrink=False)
     @given(chat_bodies())
     @example(
         {

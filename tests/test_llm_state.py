@@ -67,7 +67,7 @@ async def converse(engine: LLMEngine, *, keyed: bool, turns: int = 3) -> dict[st
 
 
 async def test_interleaved_sessions_reuse_their_own_history(engine: LLMEngine) -> None:
-    results = await converse(engine, keyed=True)
+    results = await converse(engine, keyed=True, turns=2)
     for key, turns in results.items():
         for previous, current in itertools.pairwise(turns):
             # the previous prompt and (nearly all of) its reply are reused, not evaluated again

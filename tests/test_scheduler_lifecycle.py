@@ -52,7 +52,7 @@ async def test_close_ends_queued_and_running_jobs_for_their_consumers(make: Sche
         scheduler.submit(pieces("late", 1, 0.0, log))
     assert not [t for t in threading.enumerate() if t.name.startswith("closing-")]
     assert "queued" not in tags(log)
-    assert sorted(r.outcome for r in records) == ["closed"] * 4
+    assert sorted(r.outcome for r in records) == ["closed"] * (1 + len(Priority))
     scheduler.close()  # again: harmless
 
 
@@ -113,7 +113,7 @@ async def test_stats_count_queued_running_completed_and_rejected(
     stats = scheduler.stats()
     assert (stats.engine, stats.slots, stats.max_queue) == ("test", 1, 8)
     assert (stats.queued, stats.running, stats.preempted, stats.completed, stats.rejected) == (4, 1, 0, 0, 0)
-    assert stats.queued_by_priority == {"realtime": 1, "http": 1, "bulk": 2}
+    assert stats.queued_by_priority == {"realtime": 1, "speculative": 0, "http": 1, "bulk": 2}
     jobs += [scheduler.submit(pieces("j", 1, 0.0, log)) for _ in range(4)]
     with pytest.raises(QueueFull):
         scheduler.submit(pieces("j", 1, 0.0, log))

@@ -293,7 +293,7 @@ def test_status_over_the_real_models(keyed_server_url: str) -> None:
         assert page.status_code == 200 and 'id="sec-turns"' in page.text and API_KEY not in page.text
         body = http.get("/status.json", params={"key": API_KEY}).json()
     kinds = {m["kind"]: m for m in body["models"]}
-    assert set(kinds) == {"chat", "stt", "tts", "vad"}
+    assert set(kinds) == {"chat", "stt", "tts", "vad", "turn"}
     assert kinds["chat"]["loaded"] and kinds["chat"]["engine"] == "llama_cpp"
     assert all(m["location"] == "local" for m in body["models"])
     assert body["engines"]["stt"]["completed"] >= 0 and "tts" in body["engines"]

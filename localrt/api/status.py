@@ -90,7 +90,7 @@ def public_settings(settings: Settings) -> dict[str, Any]:
 # --- models and engines ------------------------------------------------------------------------------------
 def _where(engine: Any, settings: Settings, kind: str) -> dict[str, Any]:
     """Which implementation runs ``kind``, and where (remote engines have an upstream and ``probe()``)."""
-    name = settings.vad_engine if kind == "vad" else engine_name(settings, kind)
+    name = {"vad": settings.vad_engine, "turn": settings.turn_engine}.get(kind) or engine_name(settings, kind)
     remote = callable(getattr(engine, "probe", None))
     out: dict[str, Any] = {"engine": name, "location": "remote" if remote else "local"}
     upstream = getattr(engine, "upstream", None)
@@ -132,6 +132,10 @@ def models(engines: Engines, settings: Settings) -> list[dict[str, Any]]:
     if engines.vad is not None:
         vad_id = getattr(engines.vad, "id", None) or settings.vad_engine
         out.append({"kind": "vad", "id": vad_id, "loaded": True, **_where(engines.vad, settings, "vad")})
+    turn = getattr(engines, "turn", None)
+    if turn is not None:
+        turn_id = getattr(turn, "id", None) or settings.turn_engine
+        out.append({"kind": "turn", "id": turn_id, "loaded": True, **_where(turn, settings, "turn")})
     return out
 
 

@@ -33,6 +33,9 @@ class Utterance:
     pcm24: np.ndarray  # int16, 24 kHz mono: what a client streams
     pcm16k: np.ndarray  # float32, 16 kHz mono: what the engines take
     voiced_end: int  # index (24 kHz) just past the last voiced sample
+    resume_at: int | None = (
+        None  # an incomplete utterance's: index (24 kHz) where speech resumes after the pause
+    )
 
     @property
     def duration_s(self) -> float:

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from localrt.bench import hop, mixed, soak
+from localrt.bench import hop, mixed, soak, turns_report
 from localrt.bench.stats import paired, ratio, summary
 from localrt.bench.voice import STAGES, finished
 
@@ -23,6 +23,7 @@ TARGETS = {
     "mixed_voice_p95_over_alone": ("<=", mixed.P95_TARGET),
     "mixed_all_turns_completed": ("==", True),
     "soak_lost_turns": ("==", 0),
+    **turns_report.TARGETS,
 }
 
 
@@ -54,6 +55,10 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     """The summary of each stage that ran (``localrt bench --soak`` runs only the soak), with the
     targets those stages measure."""
     out: dict[str, Any] = _summarize_main(raw) if "voice_turns" in raw else {"targets": {}}
+    if "voice_turns" in raw:
+        out["turn_detection"] = td = turns_report.summarize(raw)
+        for name, value in turns_report.measures(td).items():
+            out["targets"][name] = _judge(name, value)
     if "mixed" in raw:
         out["mixed"] = m = mixed.summarize(raw["mixed"])
         out["targets"]["mixed_voice_p95_over_alone"] = _judge(
@@ -76,15 +81,19 @@ def _judge(name: str, value: Any) -> dict[str, Any]:
 
 
 def _summarize_main(raw: dict[str, Any]) -> dict[str, Any]:
-    turns = [t for t in raw["voice_turns"] if finished(t)]
+    # The main series: the voice turns of one mode (server_vad when it ran), one per floor.
+    mode = turns_report.main_mode(raw["voice_turns"])
+    series = turns_report.of_mode(raw["voice_turns"], mode)
+    turns = [t for t in series if finished(t)]
     floors = raw["floor"]
     per_turn_ratio = [
         t["server_compute_s"] / f["total_s"]
-        for t, f in zip(raw["voice_turns"], floors, strict=False)
+        for t, f in zip(series, floors, strict=False)
         if finished(t) and t["server_compute_s"] and f["total_s"]
     ]
     voice: dict[str, Any] = {
-        "turns": len(raw["voice_turns"]),
+        "mode": mode,
+        "turns": len(series),
         "completed": len(turns),
         "capped": sum(t["status"] == "incomplete" for t in turns),
         "user_perceived_s": summary([t["user_perceived_s"] for t in turns]),
@@ -175,6 +184,8 @@ def _ms(v: float | None) -> str:
 
 def table(summ: dict[str, Any]) -> str:
     lines = _main_lines(summ) if "voice" in summ else []
+    if "turn_detection" in summ:
+        lines += turns_report.table_lines(summ["turn_detection"])
     if "mixed" in summ:
         lines += mixed.table_lines(summ["mixed"])
     if "hop" in summ:
@@ -186,14 +197,16 @@ def table(summ: dict[str, Any]) -> str:
         value = tgt["value"]
         shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
         verdict = {True: "met", False: "MISSED", None: "n/a"}[tgt["met"]]
-        lines.append(f"  {name:<40}{shown:>10}  (target {tgt['target']}) {verdict}")
+        lines.append(f"  {name:<42}{shown:>10}  (target {tgt['target']}) {verdict}")
     return "\n".join(lines)
 
 
 def _main_lines(summ: dict[str, Any]) -> list[str]:
     lines = []
     v = summ["voice"]
-    lines.append(f"Voice turns: {v['completed']}/{v['turns']} completed{_capped(v)} (times in ms)")
+    lines.append(
+        f"Voice turns: {v['completed']}/{v['turns']} completed{_capped(v)} ({v.get('mode', 'server_vad')}; times in ms)"
+    )
     lines.append(f"  {'metric':<34}{'p50':>8}{'p95':>8}{'max':>8}")
 
     def row(label: str, s: dict[str, Any]) -> None:
@@ -257,15 +270,19 @@ def chart(summ: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     main, mixed_ran, soaked = "voice" in summ, "mixed" in raw, "soak" in raw
-    panels = 2 * main + mixed_ran + soaked
+    td = summ.get("turn_detection") if main else None
+    panels = 2 * main + bool(td and td["modes"]) + mixed_ran + soaked
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5), squeeze=False)
+    ax = iter(axes[0])
     if main:
-        _voice_panel(axes[0][0], summ["voice"])
-        _concurrency_panel(axes[0][1], raw["concurrency"])
+        _voice_panel(next(ax), summ["voice"])
+        _concurrency_panel(next(ax), raw["concurrency"])
+    if td and td["modes"]:
+        turns_report.chart(next(ax), td)
     if mixed_ran:
-        mixed.chart(axes[0][2 * main], raw["mixed"])
+        mixed.chart(next(ax), raw["mixed"])
     if soaked:
-        soak.chart(axes[0][-1], raw["soak"])
+        soak.chart(next(ax), raw["soak"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,5 +1,6 @@
-"""Orchestrates a bench run: inputs, voice turns with their floor, HTTP against the engines,
-concurrency, the mixed load, the soak, report. ``--soak`` runs the soak alone.
+"""Orchestrates a bench run: inputs, voice turns in each turn detection mode with their floor, the
+incomplete utterances, HTTP against the engines, concurrency, the mixed load, the soak, report.
+``--soak`` runs the soak alone.
 
 By default the server runs in this process (uvicorn in a thread, over the same engines the floor and
 the engine sides use); ``--url`` measures a running server instead, with the floor and the engine
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from localrt.app import create_app
 from localrt.bench import hop, mixed, report, soak
 from localrt.bench import http as http_bench
+from localrt.bench import turns as detection
 from localrt.bench.inputs import Utterance, long_speech, synthesize
 from localrt.bench.load import BackgroundLoad
 from localrt.bench.voice import TURN_TIMEOUT_S, VoiceClient, apply_marks, floor_turn, run_turn
@@ -45,7 +47,10 @@ class BenchConfig:
     turns: int = 20
     http_runs: int = 24
     chat_tokens: int = http_bench.CHAT_MAX_TOKENS  # per generation in the chat comparison
-    concurrency: tuple[int, ...] = (1, 2, 4)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    vad_modes: tuple[str, ...] = detection.MODES  # each voice turn runs once per mode
+    incomplete: int = len(detection.INCOMPLETE)  # incomplete utterances per mode (0: none)
+    pause_ms: int = detection.PAUSE_MS  # the silence inside each incomplete utterance
     turns_per_session: int = 3
     mixed_turns: int = 20  # 0: no mixed-load stage; its p95 over 10 turns is the second-slowest turn
     mixed_audio_s: float = 90.0  # the background transcription's audio (longer than bulk_audio_seconds)
@@ -139,15 +144,31 @@ class _Stages:
         )
 
     async def warmup(self) -> None:
-        """One of each, not recorded: first calls pay one-off allocation costs."""
-        await run_turn(self.url, self.utts[0], self.cfg.api_key)
+        """One of each (a voice turn per mode), not recorded: first calls pay one-off allocation costs."""
+        for mode in self.cfg.vad_modes:
+            await run_turn(self.url, self.utts[0], self.cfg.api_key, mode)
         await self._chat_http("Hello")
 
     async def voice(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
-        for utt in itertools.islice(itertools.cycle(self.utts), self.cfg.turns):
-            raw["voice_turns"].append((await run_turn(self.url, utt, self.cfg.api_key)).to_dict())
+        """Each utterance once per mode, alternating which goes first, then its floor."""
+        modes = self.cfg.vad_modes
+        for i, utt in enumerate(itertools.islice(itertools.cycle(self.utts), self.cfg.turns)):
+            for mode in modes if i % 2 == 0 else modes[::-1]:
+                sample = await detection.measured_turn(self.url, utt, mode, self.cfg.api_key)
+                raw["voice_turns"].append(sample.to_dict())
             raw["floor"].append((await floor_turn(self.engines, utt)).to_dict())
             progress(1)
+
+    async def incomplete(self, raw: dict[str, Any], progress: Callable[[int], object]) -> None:
+        if self.engines.tts is None or self.engines.stt is None:
+            raise RuntimeError("the incomplete utterances need the text-to-speech and speech-to-text engines")
+        utts, raw["incomplete_inputs"] = await detection.incomplete_utterances(
+            self.engines.tts, self.engines.stt, self.cfg.incomplete, self.cfg.pause_ms
+        )
+        raw["incomplete"] = await detection.incomplete_stage(
+            self.url, self.cfg.api_key, utts, self.cfg.vad_modes, progress
+        )
+        progress(min(self.cfg.incomplete, len(detection.INCOMPLETE)) - len(utts))  # sentences not cut
 
     async def _rounds(
         self,
@@ -240,6 +261,7 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
     hop_turns = cfg.hop_turns if cfg.hop_baseline_url else 0
     total = (
         cfg.turns
+        + min(cfg.incomplete, len(detection.INCOMPLETE))
         + 3 * cfg.http_runs
         + len(cfg.concurrency)
         + 1
@@ -264,6 +286,8 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
                 await stages.warmup()
             bar.update(1)
             await stages.voice(raw, bar.update)
+            if cfg.incomplete > 0:
+                await stages.incomplete(raw, bar.update)
             await stages.chat(raw, bar.update)
             await stages.transcription(raw, bar.update)
             await stages.speech(raw, bar.update)
@@ -278,6 +302,9 @@ async def _run(cfg: BenchConfig, url: str, engines: Engines) -> dict[str, Any]:
         stages.close()
     raw["config"] = {
         "turns": cfg.turns,
+        "vad_modes": list(cfg.vad_modes),
+        "incomplete": cfg.incomplete,
+        "pause_ms": cfg.pause_ms,
         "http_runs": cfg.http_runs,
         "chat_tokens": cfg.chat_tokens,
         "concurrency": list(cfg.concurrency),

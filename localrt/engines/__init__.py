@@ -1,8 +1,8 @@
 """Shared engines: created once per server, used by every request and realtime session.
 
 Callers see the engines through the protocols of :mod:`localrt.engines.interfaces` only. Which class
-implements each is a setting (``llm_engine``, ``stt_engine``, ``tts_engine``, ``vad_engine``) looked up in
-:data:`REGISTRY`: another implementation is one class plus one entry here. ``load_engines`` builds them
+implements each is a setting (``llm_engine``, ``stt_engine``, ``tts_engine``, ``vad_engine``,
+``turn_engine``) looked up in :data:`REGISTRY`: another implementation is one class plus one entry here. ``load_engines`` builds them
 (blocking: the app's lifespan runs it in a thread so the event loop stays free). Tests may build an
 :class:`Engines` with fakes and pass it to ``create_app``.
 """
@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from localrt import catalog as catalog_mod
-from localrt.engines.interfaces import ChatModels, SpeechToText, TextToSpeech, VoiceActivity
+from localrt.engines.interfaces import (
+    ChatModels,
+    SpeechToText,
+    TextToSpeech,
+    TurnCompletion,
+    VoiceActivity,
+)
 from localrt.engines.scheduler import SchedulerStats
 from localrt.settings import Settings
 
@@ -50,6 +56,12 @@ def _silero(settings: Settings, cat: catalog_mod.Catalog) -> VoiceActivity:
     return SileroVAD.from_settings(settings, cat)
 
 
+def _smart_turn(settings: Settings, cat: catalog_mod.Catalog) -> TurnCompletion:
+    from localrt.engines.smart_turn import SmartTurn
+
+    return SmartTurn.from_settings(settings, cat)
+
+
 def _openai_llm(settings: Settings, cat: catalog_mod.Catalog) -> ChatModels:
     from localrt.engines.remote_llm import RemoteChatModels
 
@@ -74,6 +86,7 @@ REGISTRY: dict[str, dict[str, Loader]] = {
     "stt": {"faster_whisper": _faster_whisper, "openai": _openai_stt},
     "tts": {"piper": _piper, "openai": _openai_tts},
     "vad": {"silero": _silero},
+    "turn": {"smart_turn": _smart_turn},
 }
 
 
@@ -101,17 +114,18 @@ class Engines:
     stt: SpeechToText | None = None
     tts: TextToSpeech | None = None
     vad: VoiceActivity | None = None
+    turn: TurnCompletion | None = None  # semantic_vad's end-of-turn model (Smart Turn)
 
     def stats(self) -> list[SchedulerStats]:
         """Every engine's scheduler, for /health and /metrics."""
         out: list[SchedulerStats] = []
-        for engine in (self.llm, self.stt, self.tts, self.vad):
+        for engine in (self.llm, self.stt, self.tts, self.vad, self.turn):
             if engine is not None:
                 out.extend(engine.stats())
         return out
 
     def close(self) -> None:
-        for engine in (self.vad, self.tts, self.stt, self.llm):
+        for engine in (self.turn, self.vad, self.tts, self.stt, self.llm):
             if engine is not None:
                 try:
                     engine.close()
@@ -127,6 +141,7 @@ def load_engines(settings: Settings, cat: catalog_mod.Catalog | None = None) -> 
         "stt": _loader("stt", engine_name(settings, "stt")),
         "tts": _loader("tts", engine_name(settings, "tts")),
         "vad": _loader("vad", settings.vad_engine),
+        "turn": _loader("turn", settings.turn_engine),
     }
     engines = Engines(llm=loaders["llm"](settings, cat))
     try:
@@ -136,6 +151,8 @@ def load_engines(settings: Settings, cat: catalog_mod.Catalog | None = None) -> 
             engines.tts = loaders["tts"](settings, cat)
         if settings.load_vad:
             engines.vad = loaders["vad"](settings, cat)
+        if settings.load_vad and settings.load_turn:  # no VAD, no pauses for the turn model to judge
+            engines.turn = loaders["turn"](settings, cat)
     except BaseException:
         engines.close()
         raise

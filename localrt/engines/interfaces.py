@@ -49,6 +49,7 @@ __all__ = [
     "Task",
     "TextToSpeech",
     "Transcription",
+    "TurnCompletion",
     "VADStream",
     "Voice",
     "VoiceActivity",
@@ -268,6 +269,23 @@ class VoiceActivity(Protocol):
     window: int  # samples per probability
 
     def stream(self) -> VADStream: ...
+
+    def stats(self) -> list[SchedulerStats]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TurnCompletion(Protocol):
+    """A semantic end-of-turn model (Smart Turn): how likely the user has finished their turn, judged
+    from the audio of it (intonation, rhythm, words), not from the length of the silence."""
+
+    sample_rate: int  # the rate of the audio ``complete_probability`` takes (16 kHz)
+
+    async def complete_probability(self, audio: np.ndarray) -> float:
+        """P(turn complete) for the turn's float32 mono audio up to now (the model reads its last
+        seconds). A REALTIME job of the engine's scheduler: raises QueueFull / EngineClosed."""
+        ...
 
     def stats(self) -> list[SchedulerStats]: ...
 

@@ -25,8 +25,9 @@ class Priority(IntEnum):
     """Lower runs first."""
 
     REALTIME = 0  # a voice turn someone is waiting to hear
-    HTTP = 1  # an API request
-    BULK = 2  # long work nobody waits on interactively (long transcriptions)
+    SPECULATIVE = 1  # a reply computed in a pause that may not end the turn (promoted if it does)
+    HTTP = 2  # an API request
+    BULK = 3  # long work nobody waits on interactively (long transcriptions)
 
 
 Outcome = str  # "ok" | "error" | "cancelled" | "closed"
@@ -43,6 +44,65 @@ class JobRecord:
     outcome: Outcome
 
 
+JobObserver = Callable[[JobRecord], None]
+_job_observers: tuple[JobObserver, ...] = ()  # process-wide (metrics); copy-on-write, read unlocked
+_observers_lock = threading.Lock()
+
+
+def add_job_observer(fn: JobObserver) -> None:
+    """Call ``fn(record)`` (quick, thread safe, never raising into a job) for every finished job."""
+    global _job_observers
+    with _observers_lock:
+        _job_observers = (*_job_observers, fn)
+
+
+def remove_job_observer(fn: JobObserver) -> None:
+    """Undo one :func:`add_job_observer` (by ``==``: a fresh bound method matches)."""
+    global _job_observers
+    with _observers_lock:
+        observers = list(_job_observers)
+        if fn in observers:
+            observers.remove(fn)
+        _job_observers = tuple(observers)
+
+
+def job_observers() -> tuple[JobObserver, ...]:
+    return _job_observers
+
+
+class InteractiveBoard:
+    """How many realtime jobs run right now in engines that share the CPU (process-wide)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        return self._active  # a racy read is fine: pausing is advisory
+
+    def enter(self) -> None:
+        with self._cond:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait until no interactive job runs (True) or ``timeout`` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._active == 0, timeout)
+
+
+INTERACTIVE = InteractiveBoard()
+# Every job running now in an engine that shares the CPU, whatever its priority (the chat model reads it
+# to decide how many threads evaluate a prompt).
+CPU_JOBS = InteractiveBoard()
+
+
 class _Host(Protocol):
     """What a job needs of its scheduler."""
 
@@ -51,6 +111,8 @@ class _Host(Protocol):
     def _yield(self, control: JobControl) -> int: ...
 
     def _cancel_entry(self, control: JobControl) -> None: ...
+
+    def _promote(self, control: JobControl, priority: Priority) -> None: ...
 
 
 class JobControl(threading.Event):
@@ -105,6 +167,8 @@ class JobState(Generic[T]):
         self.control = JobControl(host, priority)
         self.submitted = time.monotonic()
         self.started: float | None = None
+        self.interactive = False  # counted on the INTERACTIVE board while it runs (scheduler's lock)
+        self.finished = False
         self.produce: Produce[T] | None = produce
         self.queue: asyncio.Queue[T | End | Failure] = asyncio.Queue()
         self.done = threading.Event()  # the worker is finished with it (or it never started)
@@ -169,6 +233,13 @@ class Job(Generic[T]):
     def cancel(self) -> None:
         """Like :meth:`aclose`, callable from anywhere (thread safe, idempotent)."""
         self._host._cancel_entry(self.control)
+
+    def promote(self, priority: Priority) -> None:
+        """Raise the job's priority (a speculative reply whose turn was confirmed): a queued job moves
+        up the queue, a running one is preempted only by jobs above its new priority."""
+        if priority < self.priority:
+            self.priority = priority
+            self._host._promote(self.control, priority)
 
     async def wait_done(self, timeout: float | None = None) -> bool:
         """Wait (without blocking the loop) until no worker runs this job; False on timeout."""

@@ -24,6 +24,7 @@ Design:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,8 +145,15 @@ class LLMEngine:
 
                 vision = VisionEncoder(llama, settings.llm_mmproj, use_gpu=n_gpu_layers != 0)
                 logger.info("chat model %s: images through the projector %s", model_id, settings.llm_mmproj)
+            cores = os.cpu_count() or 1
+            adaptive = (
+                settings.n_threads is None and n_gpu_layers == 0 and cores > settings.resolved_n_threads()
+            )
             backend = LlamaBackend(
-                llama, state_cache_bytes=settings.llm_state_cache_mb * 2**20, vision=vision
+                llama,
+                state_cache_bytes=settings.llm_state_cache_mb * 2**20,
+                vision=vision,
+                prompt_threads=(settings.resolved_n_threads(), cores) if adaptive else None,
             )
         except BaseException:
             llama.close()

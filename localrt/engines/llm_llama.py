@@ -27,7 +27,7 @@ from localrt.engines.llm_prompt import ChatPrompt, PromptBuilder
 from localrt.engines.llm_state import SessionStates
 from localrt.engines.llm_stream import ChatRequest, Item, Ready
 from localrt.engines.llm_vision import VisionEncoder
-from localrt.engines.scheduler import JobControl
+from localrt.engines.scheduler import CPU_JOBS, JobControl
 from localrt.engines.types import ChatResult, SamplingParams, ToolCall, ToolCallDelta
 from localrt.errors import ContextLengthExceeded, InvalidRequest, ServerError
 
@@ -41,8 +41,19 @@ logger = logging.getLogger(__name__)
 class LlamaBackend:
     """Jobs over one ``Llama``. Construct where the model is loaded (blocking: a vocabulary pass)."""
 
-    def __init__(self, llama: Llama, *, state_cache_bytes: int, vision: VisionEncoder | None = None) -> None:
+    def __init__(
+        self,
+        llama: Llama,
+        *,
+        state_cache_bytes: int,
+        vision: VisionEncoder | None = None,
+        prompt_threads: tuple[int, int] | None = None,
+    ) -> None:
+        """``prompt_threads``: (threads, all cores) to evaluate prompts with all cores when no other
+        engine is working on the CPU (None: the context's own setting, always)."""
         self.llama = llama
+        self._prompt_threads = prompt_threads
+        self._batch_threads = prompt_threads[0] if prompt_threads is not None else 0
         self.n_ctx: int = llama.n_ctx()
         self.vision = vision  # the model's projector (--llm-mmproj): prompts may hold images
         marker = vision.marker if vision is not None else None
@@ -52,6 +63,22 @@ class LlamaBackend:
     def close(self) -> None:
         self.sessions.clear()
         self.llama.close()
+
+    def _choose_prompt_threads(self) -> None:
+        """All cores for the prompt when this job is the only one working on the CPU, else the usual
+        threads. Evaluating a prompt is the chat model's part of a voice turn's critical path (25 tokens:
+        140 ms on 2 threads, 200-390 ms on 1, on 2 cores), but llama.cpp's threads spin at every
+        barrier: with another engine busy on the cores, more threads are slower, not faster. Token
+        generation keeps the usual threads (it runs beside Piper)."""
+        if self._prompt_threads is None:
+            return
+        import llama_cpp
+
+        threads, cores = self._prompt_threads
+        wanted = cores if CPU_JOBS.active <= 1 else threads  # 1: this job itself
+        if wanted != self._batch_threads:
+            llama_cpp.llama_set_n_threads(self.llama._ctx.ctx, threads, wanted)
+            self._batch_threads = wanted
 
     # -- job bodies (worker thread) -----------------------------------------------------------------------
     def chat(self, control: JobControl, req: ChatRequest) -> Iterator[Item]:
@@ -111,6 +138,7 @@ class LlamaBackend:
         def resume() -> None:  # a preempted generation goes on: whatever ran meanwhile is kept first
             self.sessions.flush(self.llama)
 
+        self._choose_prompt_threads()
         return generate_text(self.llama, control, tokens, params, stop, grammar, on_resume=resume)
 
     def _chat(
@@ -154,6 +182,7 @@ class LlamaBackend:
             top_p=params.top_p,
             seed=params.seed,
         )
+        self._choose_prompt_threads()
         end = run_to_end(
             generate_text(self.llama, control, call_tokens, call_params, [], prompt.call_grammar)
         )

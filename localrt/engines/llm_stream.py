@@ -104,6 +104,13 @@ class ChatStream:
         if job is not None:
             job.cancel()
 
+    def promote(self, priority: Priority) -> None:
+        """Raise the job's priority, queued or running (see :meth:`Job.promote`)."""
+        if priority < self._priority:
+            self._priority = priority
+            if self._job is not None:
+                self._job.promote(priority)
+
     async def __aenter__(self) -> ChatStream:
         work, self._work = self._work, None
         if work is None:

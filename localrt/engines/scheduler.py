@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from localrt.engines.jobs import (
+    CPU_JOBS,
+    INTERACTIVE,
     End,
     Failure,
+    InteractiveBoard,
     Job,
     JobControl,
     JobRecord,
@@ -50,11 +53,17 @@ from localrt.engines.jobs import (
     Outcome,
     Priority,
     Produce,
+    add_job_observer,
+    job_observers,
+    remove_job_observer,
 )
 from localrt.errors import RateLimited, ServiceUnavailable
 
 __all__ = [
+    "CPU_JOBS",
+    "INTERACTIVE",
     "EngineClosed",
+    "InteractiveBoard",
     "Job",
     "JobControl",
     "JobRecord",
@@ -93,28 +102,6 @@ class SchedulerStats:
     queued_by_priority: dict[str, int] = field(default_factory=dict)
 
 
-JobObserver = Callable[[JobRecord], None]
-_job_observers: tuple[JobObserver, ...] = ()  # process-wide (metrics); copy-on-write, read unlocked
-_observers_lock = threading.Lock()
-
-
-def add_job_observer(fn: JobObserver) -> None:
-    """Call ``fn(record)`` (quick, thread safe, never raising into a job) for every finished job."""
-    global _job_observers
-    with _observers_lock:
-        _job_observers = (*_job_observers, fn)
-
-
-def remove_job_observer(fn: JobObserver) -> None:
-    """Undo one :func:`add_job_observer` (by ``==``: a fresh bound method matches)."""
-    global _job_observers
-    with _observers_lock:
-        observers = list(_job_observers)
-        if fn in observers:
-            observers.remove(fn)
-        _job_observers = tuple(observers)
-
-
 @dataclass(order=True)
 class _Entry:
     priority: int
@@ -124,36 +111,6 @@ class _Entry:
 
 # Longest a lower-priority job pauses for interactive work in other engines before it takes one more piece.
 MAX_PAUSE_S = 5.0
-
-
-class InteractiveBoard:
-    """How many realtime jobs run right now in engines that share the CPU (process-wide)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-
-    @property
-    def active(self) -> int:
-        return self._active  # a racy read is fine: pausing is advisory
-
-    def enter(self) -> None:
-        with self._cond:
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if self._active == 0:
-                self._cond.notify_all()
-
-    def wait_quiet(self, timeout: float) -> bool:
-        """Wait until no interactive job runs (True) or ``timeout`` passes (False)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._active == 0, timeout)
-
-
-INTERACTIVE = InteractiveBoard()
 
 
 class Scheduler:
@@ -255,8 +212,10 @@ class Scheduler:
             job.done.set()
             self._record(job, "closed")
         for job in running:
+            # The error is queued before the stop flag is set, so the caller sees it before the End the
+            # worker emits once it notices the flag (the other order lets that End win the race).
+            job.emit(Failure(error))
             job.control.set()
-            job.emit(Failure(error))  # the caller sees it first; the worker's own end is ignored
         if wait is not None:
             deadline = time.monotonic() + wait
             for thread in self._threads:
@@ -278,6 +237,28 @@ class Scheduler:
         job.emit(End())
         job.done.set()
         self._record(job, "cancelled")
+
+    def _promote(self, control: JobControl, priority: Priority) -> None:
+        with self._cond:
+            control.priority = priority
+            for entry in self._heap:
+                if entry.job.control is control:
+                    entry.priority = int(priority)
+                    entry.job.priority = priority
+                    heapq.heapify(self._heap)
+                    self._cond.notify()
+                    return
+            for job in self._running:
+                if job.control is control:
+                    job.priority = priority
+                    if (
+                        self.shares_cpu
+                        and priority == Priority.REALTIME
+                        and not job.interactive
+                        and not job.finished
+                    ):
+                        job.interactive = True  # now work in other engines pauses for it too
+                        INTERACTIVE.enter()
 
     def _waiting_above(self, priority: Priority) -> bool:
         # A racy peek is fine (yield_now takes the lock), but one that cannot fail: another thread may
@@ -341,14 +322,22 @@ class Scheduler:
                     self._running.discard(job)
 
     def _run(self, job: JobState[T]) -> None:
-        interactive = self.shares_cpu and job.priority == Priority.REALTIME
-        if interactive:
-            INTERACTIVE.enter()
+        with self._cond:  # under the lock: a promotion (another thread) sees a consistent job
+            job.interactive = self.shares_cpu and job.priority == Priority.REALTIME
+            if job.interactive:
+                INTERACTIVE.enter()
+        if self.shares_cpu:
+            CPU_JOBS.enter()
         try:
             self._run_job(job)
         finally:
-            if interactive:
-                INTERACTIVE.leave()
+            if self.shares_cpu:
+                CPU_JOBS.leave()
+            with self._cond:
+                job.finished = True
+                if job.interactive:
+                    job.interactive = False
+                    INTERACTIVE.leave()
 
     def _run_job(self, job: JobState[T]) -> None:
         job.started = time.monotonic()
@@ -389,7 +378,7 @@ class Scheduler:
             self._record(job, outcome)
 
     def _record(self, job: JobState[T], outcome: Outcome) -> None:
-        observers = _job_observers
+        observers = job_observers()
         if self.on_job_done is not None:
             observers = (self.on_job_done, *observers)
         if not observers:

@@ -27,8 +27,12 @@ from localrt.realtime.formats import AudioFormat
 
 SessionType = Literal["realtime", "transcription"]
 SESSION_LIFETIME_S = 3600
-# semantic_vad has no semantic model here: it maps to server VAD with a silence window per eagerness.
+# semantic_vad without a turn model (load_turn false): server VAD with a silence window per eagerness.
 SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
+# semantic_vad with the turn model: the longest silence before the turn ends anyway (OpenAI's caps), and
+# the silence after which a transcript that sounds finished ends it even when the model was unsure.
+SEMANTIC_MAX_SILENCE_MS = {"low": 8000, "medium": 4000, "auto": 4000, "high": 2000}
+SEMANTIC_SETTLE_MS = {"low": 2000, "medium": 1000, "auto": 1000, "high": 500}
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,17 @@ class TurnDetection:
 
     @property
     def silence_ms(self) -> int:
+        """The silence that ends a turn by itself (semantic_vad: without a turn model)."""
         if self.type == "semantic_vad":
             return SEMANTIC_SILENCE_MS[self.eagerness]
         return self.silence_duration_ms
+
+    def window_ms(self, turn_model: bool) -> int:
+        """The silence that ends a turn by itself; ``turn_model``: semantic_vad asks one (then this is
+        the eagerness' cap, and the model ends most turns long before it)."""
+        if self.type == "semantic_vad" and turn_model:
+            return SEMANTIC_MAX_SILENCE_MS[self.eagerness]
+        return self.silence_ms
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,18 @@ transcription. Speech that starts while the assistant is still generating cancel
 default) is idle time. Once a silence inside speech has lasted ``SPECULATE_AFTER_MS``, Whisper starts on
 the speech so far; if the user resumes, that work is dropped; if the silence completes the turn, the
 committed item's transcript is that result (the audio after it is silence by the VAD's own verdict).
-This takes most of Whisper's time off the path from the end of speech to the first reply audio.
+This takes most of Whisper's time off the path from the end of speech to the first reply audio. The
+session goes further (:mod:`.speculation`): once that transcript is ready, the reply's LLM job and its
+first clause's speech start too, held until the turn is confirmed and discarded with the transcript.
+
+**Semantic VAD.** With ``semantic_vad`` and a turn model (Smart Turn), the silence window is the
+eagerness' cap (4 s for ``auto``), and the model ends most turns long before it. Once a pause has lasted
+``SEMANTIC_CHECK_MS``, a task asks the model whether the turn is complete (its last 8 s of audio); when it
+says so and the speculative transcript does not stop in the middle of a sentence
+(:func:`localrt.text.endings.sounds_unfinished`), the speech stops right there, at the pause. Unsure, it
+keeps listening: a later pause is asked again, and a pause that reaches the eagerness' settle time
+(1 s for ``auto``) with a transcript that sounds finished ends the turn too. Speech that resumes cancels
+the pending check.
 
 The idle timer (``idle_timeout_ms``) runs as a task, but it takes the same lock as the handlers, so it
 never fires in the middle of an append.
@@ -38,20 +49,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from localrt.errors import InvalidRequest
-from localrt.realtime.config import SessionConfig
+from localrt.realtime.config import SEMANTIC_SETTLE_MS, SessionConfig
 from localrt.realtime.conversation import AudioClip, Content, Conversation, Item
 from localrt.realtime.events import new_id
 from localrt.realtime.formats import AudioFormat
 from localrt.realtime.input_audio import RATE, SAMPLES_PER_MS, InputAudio
 from localrt.realtime.offload import INLINE_MAX_CHARS, INLINE_MAX_SAMPLES, check, run_off_loop
+from localrt.realtime.speculation import ReplySpeculation
 from localrt.realtime.transcriber import Transcriber, TranscriberHost
 from localrt.realtime.turn import TurnDetector, TurnEvent
 from localrt.settings import Settings
+from localrt.text.endings import sounds_unfinished
 
 logger = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
-SPECULATE_AFTER_MS = 150  # silence inside speech after which Whisper starts speculatively
+SPECULATE_AFTER_MS = 64  # silence inside speech after which the reply starts speculatively (2 windows)
+SEMANTIC_CHECK_MS = 160  # silence inside speech after which semantic VAD asks its turn model
+TURN_MODEL_SECONDS = 8  # the audio the turn model reads: the last seconds of the turn
 
 
 class Host(TranscriberHost, Protocol):
@@ -63,8 +78,16 @@ class Host(TranscriberHost, Protocol):
     async def interrupt(self) -> None:
         """Barge-in: cancel the default conversation's response if it is still generating."""
 
-    async def auto_response(self, marks: dict[str, float]) -> None:
-        """A response for a finished turn (server VAD or idle timeout), if one may start now."""
+    async def auto_response(
+        self, marks: dict[str, float], speculation: ReplySpeculation | None = None
+    ) -> None:
+        """A response for a finished turn (server VAD or idle timeout), if one may start now;
+        ``speculation``: its reply as computed in the pause (taken over if it matches)."""
+
+    def speculate_reply(
+        self, item_id: str, transcript: asyncio.Task[list[str] | None]
+    ) -> ReplySpeculation | None:
+        """Start the reply to a turn that may be ending, held until it is confirmed (or None)."""
 
 
 @dataclass
@@ -75,11 +98,23 @@ class _Speech:
     start: int  # the committed audio starts here (padding included), 16 kHz samples
     marks: dict[str, float] = field(default_factory=dict)
     speculation: asyncio.Task[list[str] | None] | None = None  # Whisper started in the closing silence
+    reply: ReplySpeculation | None = None  # the reply started on that transcript
+    check: asyncio.Task[None] | None = None  # semantic VAD asking its turn model about this pause
+    checked: tuple[int, int] = (-1, 0)  # (pause, stage): the last check started
 
     def drop_speculation(self) -> None:
         if self.speculation is not None:
             self.speculation.cancel()
             self.speculation = None
+        if self.reply is not None:
+            self.reply.discard()
+            self.reply = None
+        self.cancel_check()
+
+    def cancel_check(self) -> None:
+        if self.check is not None:
+            self.check.cancel()
+            self.check = None
 
 
 class Listener:
@@ -107,15 +142,18 @@ class Listener:
             self._vad = self._turn = self._speech = None
         elif self._turn is None:
             self._vad = self._host.engines.vad.stream()
-            self._turn = TurnDetector(td, origin=self.audio.end)
+            self._turn = TurnDetector(td, origin=self.audio.end, turn_model=self._turn_model(td))
         else:
-            self._turn.configure(td)
+            self._turn.configure(td, turn_model=self._turn_model(td))
         idle = td.idle_timeout_ms if td is not None else None
         old_idle = old.turn_detection.idle_timeout_ms if old.turn_detection is not None else None
         if idle is None:
             self._arm_idle(None)
         elif idle != old_idle or old is new:
             self._arm_idle(idle / 1000)
+
+    def _turn_model(self, td: Any) -> bool:
+        return bool(td.type == "semantic_vad" and getattr(self._host.engines, "turn", None) is not None)
 
     # --- client events ----------------------------------------------------------------------------------
     async def append(self, audio_b64: str) -> None:
@@ -205,6 +243,7 @@ class Listener:
                 self._speech.drop_speculation()
         if act:
             self._maybe_speculate()
+            self._maybe_check_turn()
         td = self._host.cfg.turn_detection
         if not self._turn.speaking and td is not None:
             # Waiting for speech: keep only what the prefix padding may reach back to.
@@ -215,11 +254,68 @@ class Listener:
         if speech is None or turn is None or td is None or speech.speculation is not None:
             return
         silence = turn.silence_start
-        if silence is None or self._host.engines.stt is None or td.silence_ms < SPECULATE_AFTER_MS + 100:
+        if silence is None or self._host.engines.stt is None or turn.window_ms < SPECULATE_AFTER_MS + 100:
             return
         if turn.position - silence >= SPECULATE_AFTER_MS * SAMPLES_PER_MS:
             audio = self.audio.slice(speech.start, self.audio.end, np.int16)  # a copy, at memcpy speed
             speech.speculation = self.transcriber.speculate(audio, f"stt-speculative-{speech.item_id}")
+            speech.reply = self._host.speculate_reply(speech.item_id, speech.speculation)
+
+    def _maybe_check_turn(self) -> None:
+        """Semantic VAD: ask the turn model once a pause has lasted SEMANTIC_CHECK_MS (stage 1), and the
+        transcript alone once it reaches the eagerness' settle time (stage 2)."""
+        speech, turn, td = self._speech, self._turn, self._host.cfg.turn_detection
+        if speech is None or turn is None or td is None or not turn.turn_model or speech.check is not None:
+            return
+        silence = turn.silence_start
+        if silence is None:
+            return
+        done = speech.checked[1] if speech.checked[0] == silence else 0
+        if done == 0 and turn.silence_ms >= SEMANTIC_CHECK_MS:
+            stage = 1
+        elif done == 1 and turn.silence_ms >= SEMANTIC_SETTLE_MS[td.eagerness]:
+            stage = 2
+        else:
+            return
+        speech.checked = (silence, stage)
+        audio = self.audio.slice(
+            max(speech.start, self.audio.end - TURN_MODEL_SECONDS * RATE), self.audio.end
+        )
+        speech.check = self._host.tasks.spawn(
+            self._check_turn(speech, silence, stage, audio), f"turn-check-{speech.item_id}"
+        )
+
+    async def _check_turn(self, speech: _Speech, silence: int, stage: int, audio: np.ndarray) -> None:
+        """Is the turn complete at this pause? If so, stop the speech here (under the lock, if the
+        pause is still going on)."""
+        host = self._host
+        complete = True
+        if stage == 1:
+            try:
+                probability = await host.engines.turn.complete_probability(audio)
+            except Exception as exc:  # a full queue, a closed engine: the eagerness' cap still ends it
+                logger.warning("session %s: turn model failed: %r", host.id, exc)
+                speech.check = None
+                return
+            complete = probability >= host.settings.semantic_vad_threshold
+            logger.debug("session %s: turn complete p=%.3f", host.id, probability)
+        transcript = speech.speculation
+        if complete and transcript is not None:
+            await asyncio.wait({transcript})
+            parts = None if transcript.cancelled() else transcript.result()
+            tr = host.cfg.transcription
+            if parts is not None and sounds_unfinished("".join(parts), tr.language if tr else None):
+                complete = False
+        speech.check = None  # from here on nothing cancels this task: it may end the turn itself
+        if not complete:
+            return
+        async with self._lock:
+            if self._speech is not speech or self._turn is None or self._turn.silence_start != silence:
+                return  # the user went on speaking, or the turn ended otherwise, meanwhile
+            event = self._turn.end_now()
+            if event is not None:
+                speech.marks["turn_complete"] = time.monotonic()
+                await self._speech_stopped(event)
 
     async def _speech_started(self, turn_event: TurnEvent) -> None:
         self._arm_idle(None)
@@ -234,7 +330,9 @@ class Listener:
         speech, self._speech = self._speech, None
         if speech is None:
             return
+        speech.cancel_check()
         speech.marks["speech_stopped"] = time.monotonic()
+        self.transcriber.promote(speech.speculation)  # a confirmed turn's now: before other sessions' pauses
         await self._host.emit(
             self._host.events.speech_stopped(turn_event.position // SAMPLES_PER_MS, speech.item_id)
         )
@@ -242,7 +340,9 @@ class Listener:
         await self._commit_audio(audio, speech.item_id, speech.marks, speech.speculation)
         td = self._host.cfg.turn_detection
         if td is not None and td.create_response:
-            await self._host.auto_response(speech.marks)
+            await self._host.auto_response(speech.marks, speech.reply)
+        elif speech.reply is not None:
+            speech.reply.discard()
 
     async def _commit_audio(
         self,

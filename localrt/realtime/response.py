@@ -48,6 +48,7 @@ from localrt.realtime.conversation import Item, to_messages
 from localrt.realtime.events import new_id
 from localrt.realtime.response_options import ResponseOptions
 from localrt.realtime.response_output import ResponseContext, ResponseOutput
+from localrt.realtime.speculation import ReplySpeculation
 
 __all__ = ["Response", "ResponseContext", "Status"]
 
@@ -67,8 +68,12 @@ class Response:
         *,
         marks: dict[str, float] | None = None,
         client_event_id: str | None = None,
+        speculation: ReplySpeculation | None = None,
     ) -> None:
+        """``speculation``: the reply to this turn computed in the user's pause, if any (held work this
+        response takes over when its request is exactly the one held, see :mod:`.speculation`)."""
         self.ctx = ctx
+        self.speculation = speculation
         self.client_event_id = client_event_id  # the response.create's, echoed by a failure's error
         self.options = options
         self.id = new_id("resp")
@@ -88,6 +93,8 @@ class Response:
         self._out = ResponseOutput(
             ctx, options, self.id, in_conversation=self.in_conversation, timings=self.timings
         )
+        if speculation is not None:
+            self._out.prefetched_speech = speculation.claim_speech
         self._prompt_tokens = self._completion_tokens = self._cached_tokens = 0
         self._finish_reason = "stop"
 
@@ -250,7 +257,17 @@ class Response:
         llm = await self.ctx.llm.get(self.ctx.model)
         messages = to_messages(self.options.instructions, self._context_items)
         params = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
-        stream = self._stream = self._open_chat(llm, messages, params)
+        held: ChatJob | None = None
+        if self.speculation is not None:
+            held = await self.speculation.claim_chat(
+                messages, self.options.chat_tools(), self.options.chat_tool_choice(), params, self.cache_key
+            )
+            if held is not None:
+                self.timings["reply_held"] = time.monotonic()
+                self.timings.update(self.speculation.marks)  # where the held work got, and when
+        stream = self._stream = held if held is not None else self._open_chat(llm, messages, params)
+        if self._cancel_reason is not None:  # cancelled while the held reply was being claimed
+            stream.cancel()
         try:
             async with stream:  # queues the job (QueueFull / EngineClosed raise here); leaving never waits
                 async for event in stream:

@@ -24,7 +24,7 @@ from localrt.realtime.conversation import Content, Conversation, Item
 from localrt.realtime.events import Dialect, new_id
 from localrt.realtime.response_options import ResponseOptions
 from localrt.realtime.server_events import ContentRef, Event, ServerEvents
-from localrt.realtime.speech_out import SpeechWriter
+from localrt.realtime.speech_out import Prefetched, SpeechWriter
 from localrt.text.chunker import ClauseChunker
 
 Emit = Callable[..., Awaitable[None]]  # emit(event, on_sent=None)
@@ -85,6 +85,7 @@ class ResponseOutput:
         self.response_id = response_id
         self.in_conversation = in_conversation
         self.timings = timings
+        self.prefetched_speech: Prefetched | None = None  # a speculative reply's held first clause
         self.items: list[Item] = []
         self._message: _Message | None = None
         self._calls: dict[int, _Call] = {}
@@ -139,6 +140,7 @@ class ResponseOutput:
                 events=events,
                 emit=self.ctx.emit,
                 timings=self.timings,
+                prefetched=self.prefetched_speech,
             )
         await self._emit(events.content_part(False, msg.ref, part))
         return msg

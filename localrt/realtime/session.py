@@ -49,6 +49,7 @@ from localrt.realtime.outbox import Outbox
 from localrt.realtime.response import ResponseContext
 from localrt.realtime.server_events import Event, ServerEvents
 from localrt.realtime.session_responses import SessionResponses
+from localrt.realtime.speculation import ReplySpeculation
 from localrt.realtime.tasks import CLOSE_TIMEOUT_S, TaskSet
 from localrt.settings import Settings
 
@@ -274,9 +275,16 @@ class RealtimeSession:
         """Barge-in: speech started while the default conversation's response is still generating."""
         await self.responses.interrupt()
 
-    async def auto_response(self, marks: dict[str, float]) -> None:
+    def speculate_reply(
+        self, item_id: str, transcript: asyncio.Task[list[str] | None]
+    ) -> ReplySpeculation | None:
+        return self.responses.speculate(item_id, transcript)
+
+    async def auto_response(
+        self, marks: dict[str, float], speculation: ReplySpeculation | None = None
+    ) -> None:
         """The response to a finished turn (server VAD or idle timeout), unless one is still running."""
-        await self.responses.auto_response(marks)
+        await self.responses.auto_response(marks, speculation)
 
     # --- conversation --------------------------------------------------------------------------------------
     async def _item_create(self, event: ev.ConversationItemCreate) -> None:

@@ -17,10 +17,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any, Protocol
 
+from localrt.engines.types import SamplingParams
 from localrt.errors import EngineUnavailable, InvalidRequest, RateLimited
 from localrt.realtime import budget
 from localrt.realtime import events as ev
@@ -30,6 +32,7 @@ from localrt.realtime.events import Dialect
 from localrt.realtime.listener import Listener
 from localrt.realtime.response import Response, ResponseContext
 from localrt.realtime.response_options import ResponseOptions, response_options
+from localrt.realtime.speculation import ReplyPlan, ReplySpeculation
 from localrt.realtime.tasks import TaskSet
 from localrt.settings import Settings
 
@@ -113,16 +116,58 @@ class SessionResponses:
         if self.active is not None and self.active.active:
             await self.active.cancel("turn_detected")
 
-    async def auto_response(self, marks: dict[str, float]) -> None:
-        """The response to a finished turn (server VAD or idle timeout), unless one is still running."""
+    async def auto_response(
+        self, marks: dict[str, float], speculation: ReplySpeculation | None = None
+    ) -> None:
+        """The response to a finished turn (server VAD or idle timeout), unless one is still running.
+        ``speculation``: its reply, computed in the pause (the response takes it over if it matches)."""
         host = self._host
-        if host.cfg.type != "realtime":
-            return
-        if self.has_active:
-            logger.info("session %s: a response is still active; not starting another", host.id)
+        if host.cfg.type != "realtime" or self.has_active:
+            if speculation is not None:
+                speculation.discard()
+            if self.has_active:
+                logger.info("session %s: a response is still active; not starting another", host.id)
             return
         opts = self._turn_options(response_options(host.cfg, None, host.dialect))
-        await self._start(opts, marks, turn=True)
+        try:
+            await self._start(opts, marks, turn=True, speculation=speculation)
+        except BaseException:
+            if speculation is not None:
+                speculation.discard()
+            raise
+
+    def speculate(self, item_id: str, transcript: asyncio.Task[list[str] | None]) -> ReplySpeculation | None:
+        """Start the reply to a turn that may be ending (see :mod:`.speculation`), when the turn's
+        response will be an automatic one this session can predict: not while a response is active,
+        and not with custom pipeline stages (they may answer, rewrite or drop the turn)."""
+        host, ctx = self._host, self._ctx
+        td = host.cfg.turn_detection
+        if host.cfg.type != "realtime" or td is None or not td.create_response or self.has_active:
+            return None
+        if not host.settings.realtime_speculate:
+            return None
+        if ctx.pipeline is not None:
+            return None
+        opts = response_options(host.cfg, None, host.dialect)
+        if opts.audio_output and ctx.tts is None:
+            return None
+        plan = ReplyPlan(
+            session_id=host.id,
+            llm=ctx.llm,
+            model=ctx.model,
+            tts=ctx.tts,
+            instructions=opts.instructions,
+            items=list(host.conversation),
+            tools=opts.chat_tools(),
+            tool_choice=opts.chat_tool_choice(),
+            params=SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature),
+            audio_output=opts.audio_output,
+            voice=opts.voice_name,
+            speed=opts.speed,
+            spawn=host.tasks.spawn,
+            totals=getattr(ctx.timing_log, "speculation", None),
+        )
+        return ReplySpeculation(plan, item_id, transcript)
 
     async def cancel_owner(self, item_id: str) -> None:
         """Cancel the response still writing ``item_id`` (a truncate of audio being produced)."""
@@ -174,6 +219,7 @@ class SessionResponses:
         client_event_id: str | None = None,
         *,
         turn: bool,
+        speculation: ReplySpeculation | None = None,
     ) -> None:
         """``turn``: the response takes the conversation's turn (it is :attr:`active`)."""
         host = self._host
@@ -182,7 +228,9 @@ class SessionResponses:
             self._check_no_active_response()  # again: decoding input audio may have let a turn start one
         for item in made:
             host.listener.transcribe_item(item)
-        response = Response(self._ctx, opts, context, marks=marks, client_event_id=client_event_id)
+        response = Response(
+            self._ctx, opts, context, marks=marks, client_event_id=client_event_id, speculation=speculation
+        )
         if turn:
             self.active = response
             host.listener.response_started()
@@ -195,6 +243,8 @@ class SessionResponses:
         try:
             await response.run()
         finally:
+            if response.speculation is not None:
+                response.speculation.finish()
             for item in made:  # its own input items: their transcription is of no use any more
                 self._host.listener.forget(item)
             self.running.pop(response.id, None)

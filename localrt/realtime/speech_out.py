@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from localrt.audio.resample import StreamResampler
-from localrt.engines.interfaces import TextToSpeech
+from localrt.engines.interfaces import AudioChunk, ItemStream, TextToSpeech
 from localrt.engines.scheduler import Priority
 from localrt.realtime.conversation import AudioClip, Content
 from localrt.realtime.formats import AudioFormat
@@ -28,6 +28,8 @@ from localrt.text.chunker import speakable
 
 MAX_DELTA_MS = 500  # audio per delta: small enough to stream smoothly, far below the 1 MiB event limit
 Emit = Callable[..., Awaitable[None]]  # emit(event, on_sent=None)
+# (text, voice, speed) -> the held synthesis of exactly that, or None
+Prefetched = Callable[[str, str, float], ItemStream[AudioChunk] | None]
 
 
 class SpeechWriter:
@@ -43,8 +45,11 @@ class SpeechWriter:
         events: ServerEvents,
         emit: Emit,
         timings: dict[str, float],
+        prefetched: Prefetched | None = None,
     ) -> None:
+        """``prefetched``: held speech of the first clause (a speculative reply), asked once."""
         self.content = content
+        self._prefetched = prefetched
         self.clip = content.audio if content.audio is not None else AudioClip(fmt.rate)
         content.audio = self.clip
         self._ref = ref
@@ -63,7 +68,11 @@ class SpeechWriter:
         text = speakable(clause)
         started = False
         if text and self._tts is not None:
-            stream = self._tts.stream(text, voice=self._voice, speed=self._speed, priority=Priority.REALTIME)
+            prefetched, self._prefetched = self._prefetched, None
+            held = prefetched(text, self._voice, self._speed) if prefetched is not None else None
+            stream = held or self._tts.stream(
+                text, voice=self._voice, speed=self._speed, priority=Priority.REALTIME
+            )
             async with stream:  # queued here (QueueFull / EngineClosed raise); leaving never waits
                 async for chunk in stream:
                     self._timings.setdefault("tts_first_chunk", time.monotonic())

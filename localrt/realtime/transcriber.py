@@ -68,6 +68,7 @@ class Transcriber:
     def __init__(self, host: TranscriberHost) -> None:
         self._host = host
         self._tasks: dict[int, set[asyncio.Task[Any]]] = {}  # id(item) -> its running transcriptions
+        self._speculative: dict[asyncio.Task[Any], list[Any]] = {}  # speculation -> [its stream]
 
     def transcribe_item(self, item: Item) -> None:
         """Start Whisper on the audio parts of a client-created item that came without a transcript."""
@@ -90,8 +91,23 @@ class Transcriber:
 
     def speculate(self, audio: np.ndarray, name: str) -> asyncio.Task[list[str] | None]:
         """Start Whisper on speech that may be about to end (int16): its segments' texts, or None if it
-        failed (logged; the committed audio is transcribed again then)."""
-        return self._host.tasks.spawn(self._speculation(audio), name)
+        failed (logged; the committed audio is transcribed again then). It runs at the SPECULATIVE
+        priority until :meth:`promote` (the turn ended)."""
+        holder: list[Any] = []
+        task = self._host.tasks.spawn(self._speculation(audio, holder), name)
+        self._speculative[task] = holder
+        task.add_done_callback(lambda t: self._speculative.pop(t, None))
+        return task
+
+    def promote(self, speculation: asyncio.Task[list[str] | None] | None) -> None:
+        """The turn ended: its speculative transcription is a voice turn's now (REALTIME)."""
+        holder = self._speculative.get(speculation) if speculation is not None else None
+        if holder:
+            promote = getattr(holder[0], "promote", None)
+            if promote is not None:
+                promote(Priority.REALTIME)
+        elif holder is not None:
+            holder.append(None)  # not submitted yet: it will be at REALTIME
 
     def forget(self, item: Item) -> None:
         """The item left the conversation (deleted, evicted, or its response ended): stop its Whisper."""
@@ -111,15 +127,18 @@ class Transcriber:
 
         task.add_done_callback(done)
 
-    async def _speculation(self, audio: np.ndarray) -> list[str] | None:
+    async def _speculation(self, audio: np.ndarray, holder: list[Any]) -> list[str] | None:
         try:
-            return await self._recognize(await float_audio([audio]))
+            return await self._recognize(await float_audio([audio]), holder=holder)
         except Exception as exc:
             logger.warning("session %s: speculative transcription failed: %r", self._host.id, exc)
             return None
 
     async def _recognize(
-        self, audio: np.ndarray, on_segment: Callable[[str], Awaitable[None]] | None = None
+        self,
+        audio: np.ndarray,
+        on_segment: Callable[[str], Awaitable[None]] | None = None,
+        holder: list[Any] | None = None,
     ) -> list[str]:
         """Whisper over float32 ``audio``: the segments' texts (``on_segment(text)`` is awaited for each).
 
@@ -133,7 +152,11 @@ class Transcriber:
         if audio.size:
             language = settings.language if settings else None
             prompt = settings.prompt if settings else None
-            stream = stt.stream(audio, language=language, prompt=prompt, priority=Priority.REALTIME)
+            speculative = holder is not None and not holder  # not promoted before it started
+            priority = Priority.SPECULATIVE if speculative else Priority.REALTIME
+            stream = stt.stream(audio, language=language, prompt=prompt, priority=priority)
+            if holder is not None:
+                holder[:] = [stream]
             async with stream as segments:
                 async for segment in segments:
                     parts.append(segment.text)

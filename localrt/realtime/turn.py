@@ -14,9 +14,13 @@ times.
   trailing silence).
 
 A ``pause`` event marks the start of each silence inside speech and a ``resume`` the return of speech
-before the silence was long enough. They are where speculative work can hook in later (transcribing, or
-even starting the LLM, during the silence window and discarding the work on ``resume``) without changing
-the detector.
+before the silence was long enough. The listener hooks speculative work on them (Whisper, the LLM and the
+first clause's speech start in the pause and are discarded on ``resume``, :mod:`.speculation`).
+
+With ``semantic_vad`` and a turn model, the silence window is the eagerness' cap (4 s for ``auto``) and
+the listener ends most turns long before it, when the model says the turn is complete:
+:meth:`TurnDetector.end_now` stops the speech at the current pause as if its silence had been long
+enough.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ class TurnEvent:
 
 
 class TurnDetector:
-    def __init__(self, cfg: TurnDetection, origin: int) -> None:
-        """``origin``: the stream position of the first window this detector will be fed."""
+    def __init__(self, cfg: TurnDetection, origin: int, *, turn_model: bool = False) -> None:
+        """``origin``: the stream position of the first window this detector will be fed;
+        ``turn_model``: a semantic_vad turn model decides (see :meth:`TurnDetection.window_ms`)."""
         self.cfg = cfg
+        self.turn_model = turn_model
         self._next = origin  # position of the next window
         self.speaking = False
         self.speech_start = 0
@@ -56,8 +62,29 @@ class TurnDetector:
         """Where the current silence inside speech began (None when speech is going on or not begun)."""
         return self._silence_start if self.speaking else None
 
-    def configure(self, cfg: TurnDetection) -> None:
+    @property
+    def window_ms(self) -> int:
+        """The silence that ends the speech by itself."""
+        return self.cfg.window_ms(self.turn_model)
+
+    @property
+    def silence_ms(self) -> float:
+        """How long the current silence inside speech has lasted (0 when there is none)."""
+        start = self.silence_start
+        return 0.0 if start is None else (self._next - start) * 1000 / RATE
+
+    def configure(self, cfg: TurnDetection, *, turn_model: bool = False) -> None:
         self.cfg = cfg
+        self.turn_model = turn_model
+
+    def end_now(self) -> TurnEvent | None:
+        """Stop the speech at the current pause (its turn is complete); None when there is no pause."""
+        if not self.speaking or self._silence_start is None:
+            return None
+        event = TurnEvent("speech_stopped", self._silence_start, commit_end=self._next)
+        self.speaking = False
+        self._silence_start = None
+        return event
 
     def reset(self, origin: int | None = None) -> None:
         """Back to waiting for speech (after a manual commit or a clear)."""
@@ -71,7 +98,7 @@ class TurnDetector:
         threshold = self.cfg.threshold
         low = max(threshold - 0.15, 0.01)
         padding = self.cfg.prefix_padding_ms * RATE // 1000
-        silence = self.cfg.silence_ms * RATE // 1000
+        silence = self.window_ms * RATE // 1000
         out: list[TurnEvent] = []
         for p in probabilities:
             pos = self._next

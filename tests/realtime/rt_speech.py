@@ -15,11 +15,17 @@ from localrt.audio.resample import resample
 QUESTION = "What color is the sky?"
 QUESTION_2 = "How many legs does a dog have?"
 INSTRUCTIONS = "You are a helpful assistant. Answer in English, in one short sentence."
+# Semantic turn detection: a question the turn model hears as complete, and a sentence said in two parts
+# with a pause after a word no sentence ends on.
+COMPLETE = "What color is the sky on a clear day?"
+HALF, REST = "I would like to book a table for", "two people."
 
 TIMEOUT = 90.0
 
 
-async def synthesize(tts: Any, texts: tuple[str, ...] = (QUESTION, QUESTION_2)) -> dict[str, np.ndarray]:
+async def synthesize(
+    tts: Any, texts: tuple[str, ...] = (QUESTION, QUESTION_2, COMPLETE, HALF, REST)
+) -> dict[str, np.ndarray]:
     """Piper speech of ``texts``, as int16 at 24 kHz."""
     out = {}
     for text in texts:

@@ -88,7 +88,7 @@ def test_fuzz_client_events(server: ServerProcess, fuzzers: dict[str, Fuzzer]) -
         )
     )
 
-    @fuzz_settings(120)
+    @fuzz_settings(70)
     @given(examples)
     def run(example: tuple[str, list[dict[str, Any]]]) -> None:
         kind, events = example
@@ -102,7 +102,7 @@ def test_fuzz_garbage_frames(server: ServerProcess, fuzzers: dict[str, Fuzzer]) 
     """Frames that are no event at all (random JSON, text, binary, deep nesting, surrogates) get errors."""
     before = server.rss()
 
-    @fuzz_settings(80)
+    @fuzz_settings(50)
     @given(st.sampled_from(list(fuzzers)), st.lists(garbage_frames(), min_size=1, max_size=6))
     def run(kind: str, frames: list[tuple[str | bytes, bool]]) -> None:
         fuzzers[kind].send(frames)

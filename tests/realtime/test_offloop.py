@@ -261,8 +261,10 @@ async def test_realtime_stt_jobs_carry_priority_realtime(fake_ws_url: str, fake_
         await client.until(COMPLETED, timeout=10)
         await client.send(audio_item(base64.b64encode(tone(0.5).astype("<i2").tobytes()).decode()))
         await client.until(COMPLETED, timeout=10)
-    assert len(stt.priorities) >= 2  # the turn (and maybe its speculation) and the created item
-    assert set(stt.priorities) == {Priority.REALTIME}
+    assert len(stt.priorities) >= 2  # the turn (or its speculation) and the created item
+    # Whisper started in the pause runs at SPECULATIVE (promoted once the turn ends); the rest at REALTIME.
+    assert set(stt.priorities) <= {Priority.REALTIME, Priority.SPECULATIVE}
+    assert stt.priorities[-1] == Priority.REALTIME
 
 
 @pytest.fixture
