@@ -49,6 +49,8 @@ INCOMPLETE = (
 )
 SPECULATION_FIELDS = ("count", "stt_s", "llm_s", "tts_s")
 SNAP_S = 0.06  # the cut moves to the quietest 10 ms within this of the gap's middle
+VERIFY_STEP_S = 0.03  # ... then earlier by this much until the first part, heard alone, ends on the cut word
+VERIFY_TRIES = 8
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -111,7 +113,8 @@ async def incomplete_utterances(
             entry["error"] = "no word boundary after the cut word in Whisper's words"
             continue
         pcm24 = resample(chunk.samples, chunk.sample_rate, 24000)
-        cut = quietest(pcm24, round(at * 24000), 24000)
+        cut, moved = await verified_cut(stt, pcm24, quietest(pcm24, round(at * 24000), 24000), first)
+        entry["cut_moved_s"] = round(moved * VERIFY_STEP_S, 3)
         cut16 = round(cut * 16000 / 24000)
         pause24 = np.zeros(pause_ms * 24, np.int16)
         audio24 = np.concatenate([pcm24[:cut], pause24, pcm24[cut:]]).astype(np.int16)
@@ -123,6 +126,22 @@ async def incomplete_utterances(
             )
         )
     return utts, info
+
+
+async def verified_cut(stt: SpeechToText, pcm24: np.ndarray, cut: int, first: str) -> tuple[int, int]:
+    """``cut`` (24 kHz), moved earlier until the first part, heard alone by Whisper, ends on the cut word;
+    and how many steps it moved. Whisper's word timestamps are often late: a cut a few ms into the next
+    word makes "... a table for" heard (and judged) as "... a table for two"."""
+    last = _norm(first.split()[-1])
+    step = round(VERIFY_STEP_S * 24000)
+    for moved in range(VERIFY_TRIES):
+        head = resample(pcm24[:cut], 24000, 16000).astype(np.float32) / 32768.0
+        head = np.concatenate([head, np.zeros(4800, np.float32)])  # then silence, as in the pause
+        heard = [w for w in (_norm(w) for w in (await stt.transcribe(head, language="en")).text.split()) if w]
+        if heard and heard[-1] == last:
+            return cut, moved
+        cut -= step
+    return cut + step * VERIFY_TRIES, VERIFY_TRIES  # never heard cleanly: the timestamps' cut, flagged
 
 
 def false_end_of_turn(turn: dict[str, Any]) -> bool:

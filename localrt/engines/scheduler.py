@@ -20,10 +20,11 @@ through the engine's :class:`Scheduler`:
   in the same worker thread, nested: so a voice turn waits at most one piece of a long transcription.
   Nesting keeps per-thread state (stop signals, a model's context) strictly stack-ordered.
 - Across engines: the engines share the machine's cores, so a voice turn's LLM stage would still compete
-  with a bulk transcription running in the Whisper engine. While any realtime job runs in an engine that
-  shares the CPU (every one but the VAD, whose jobs are a few milliseconds), lower-priority work pauses at
-  its next preemption point (:data:`INTERACTIVE`), for at most :data:`MAX_PAUSE_S` at a time so that a
-  stream of voice turns cannot starve it completely.
+  with a bulk transcription running in the Whisper engine. While any realtime or speculative job (a voice
+  turn's reply computed in the user's pause) runs in an engine that shares the CPU (every one but the VAD
+  and the turn model, whose jobs are a few milliseconds), HTTP and bulk work pauses at its next
+  preemption point (:data:`INTERACTIVE`), for at most :data:`MAX_PAUSE_S` at a time so that a stream of
+  voice turns cannot starve it completely.
 - Closing the scheduler (an engine closed or evicted) ends every queued and running job with
   :class:`EngineClosed`, which its caller sees as the stream's error.
 """
@@ -253,7 +254,7 @@ class Scheduler:
                     job.priority = priority
                     if (
                         self.shares_cpu
-                        and priority == Priority.REALTIME
+                        and priority <= Priority.SPECULATIVE
                         and not job.interactive
                         and not job.finished
                     ):
@@ -271,12 +272,12 @@ class Scheduler:
     def _should_yield(self, priority: Priority) -> bool:
         if self._waiting_above(priority):
             return True
-        return self.shares_cpu and priority > Priority.REALTIME and INTERACTIVE.active > 0
+        return self.shares_cpu and priority > Priority.SPECULATIVE and INTERACTIVE.active > 0
 
     def _yield(self, control: JobControl) -> int:
         priority = control.priority
         ran = self._run_waiting_above(priority)
-        if not self.shares_cpu or priority <= Priority.REALTIME:
+        if not self.shares_cpu or priority <= Priority.SPECULATIVE:
             return ran
         deadline = time.monotonic() + MAX_PAUSE_S
         while INTERACTIVE.active > 0 and not control.is_set() and not self._closed:
@@ -323,7 +324,7 @@ class Scheduler:
 
     def _run(self, job: JobState[T]) -> None:
         with self._cond:  # under the lock: a promotion (another thread) sees a consistent job
-            job.interactive = self.shares_cpu and job.priority == Priority.REALTIME
+            job.interactive = self.shares_cpu and job.priority <= Priority.SPECULATIVE
             if job.interactive:
                 INTERACTIVE.enter()
         if self.shares_cpu:

@@ -306,6 +306,7 @@ class Listener:
             tr = host.cfg.transcription
             if parts is not None and sounds_unfinished("".join(parts), tr.language if tr else None):
                 complete = False
+            logger.debug("session %s: transcript %r: complete=%s", host.id, "".join(parts or []), complete)
         speech.check = None  # from here on nothing cancels this task: it may end the turn itself
         if not complete:
             return

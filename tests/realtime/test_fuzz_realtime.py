@@ -88,7 +88,7 @@ def test_fuzz_client_events(server: ServerProcess, fuzzers: dict[str, Fuzzer]) -
         )
     )
 
-    @fuzz_settings(70)
+    @fuzz_settings(50)
     @given(examples)
     def run(example: tuple[str, list[dict[str, Any]]]) -> None:
         kind, events = example
