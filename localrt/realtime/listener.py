@@ -18,13 +18,7 @@ session goes further (:mod:`.speculation`): once that transcript is ready, the r
 first clause's speech start too, held until the turn is confirmed and discarded with the transcript.
 
 **Semantic VAD.** With ``semantic_vad`` and a turn model (Smart Turn), the silence window is the
-eagerness' cap (4 s for ``auto``), and the model ends most turns long before it. Once a pause has lasted
-``SEMANTIC_CHECK_MS``, a task asks the model whether the turn is complete (its last 8 s of audio); when it
-says so and the speculative transcript does not stop in the middle of a sentence
-(:func:`localrt.text.endings.sounds_unfinished`), the speech stops right there, at the pause. Unsure, it
-keeps listening: a later pause is asked again, and a pause that reaches the eagerness' settle time
-(1 s for ``auto``) with a transcript that sounds finished ends the turn too. Speech that resumes cancels
-the pending check.
+eagerness' cap (4 s for ``auto``), and the model ends most turns long before it: see :mod:`.semantic`.
 
 The idle timer (``idle_timeout_ms``) runs as a task, but it takes the same lock as the handlers, so it
 never fires in the middle of an append.
@@ -49,24 +43,22 @@ from typing import Any, Protocol
 import numpy as np
 
 from localrt.errors import InvalidRequest
-from localrt.realtime.config import SEMANTIC_SETTLE_MS, SessionConfig
+from localrt.realtime.config import SessionConfig
 from localrt.realtime.conversation import AudioClip, Content, Conversation, Item
 from localrt.realtime.events import new_id
 from localrt.realtime.formats import AudioFormat
 from localrt.realtime.input_audio import RATE, SAMPLES_PER_MS, InputAudio
 from localrt.realtime.offload import INLINE_MAX_CHARS, INLINE_MAX_SAMPLES, check, run_off_loop
+from localrt.realtime.semantic import SemanticTurns
 from localrt.realtime.speculation import ReplySpeculation
 from localrt.realtime.transcriber import Transcriber, TranscriberHost
 from localrt.realtime.turn import TurnDetector, TurnEvent
 from localrt.settings import Settings
-from localrt.text.endings import sounds_unfinished
 
 logger = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
 SPECULATE_AFTER_MS = 64  # silence inside speech after which the reply starts speculatively (2 windows)
-SEMANTIC_CHECK_MS = 160  # silence inside speech after which semantic VAD asks its turn model
-TURN_MODEL_SECONDS = 8  # the audio the turn model reads: the last seconds of the turn
 
 
 class Host(TranscriberHost, Protocol):
@@ -117,7 +109,7 @@ class _Speech:
             self.check = None
 
 
-class Listener:
+class Listener(SemanticTurns):
     def __init__(self, host: Host) -> None:
         self._host = host
         self.audio = InputAudio(host.cfg.input_format)
@@ -260,63 +252,6 @@ class Listener:
             audio = self.audio.slice(speech.start, self.audio.end, np.int16)  # a copy, at memcpy speed
             speech.speculation = self.transcriber.speculate(audio, f"stt-speculative-{speech.item_id}")
             speech.reply = self._host.speculate_reply(speech.item_id, speech.speculation)
-
-    def _maybe_check_turn(self) -> None:
-        """Semantic VAD: ask the turn model once a pause has lasted SEMANTIC_CHECK_MS (stage 1), and the
-        transcript alone once it reaches the eagerness' settle time (stage 2)."""
-        speech, turn, td = self._speech, self._turn, self._host.cfg.turn_detection
-        if speech is None or turn is None or td is None or not turn.turn_model or speech.check is not None:
-            return
-        silence = turn.silence_start
-        if silence is None:
-            return
-        done = speech.checked[1] if speech.checked[0] == silence else 0
-        if done == 0 and turn.silence_ms >= SEMANTIC_CHECK_MS:
-            stage = 1
-        elif done == 1 and turn.silence_ms >= SEMANTIC_SETTLE_MS[td.eagerness]:
-            stage = 2
-        else:
-            return
-        speech.checked = (silence, stage)
-        audio = self.audio.slice(
-            max(speech.start, self.audio.end - TURN_MODEL_SECONDS * RATE), self.audio.end
-        )
-        speech.check = self._host.tasks.spawn(
-            self._check_turn(speech, silence, stage, audio), f"turn-check-{speech.item_id}"
-        )
-
-    async def _check_turn(self, speech: _Speech, silence: int, stage: int, audio: np.ndarray) -> None:
-        """Is the turn complete at this pause? If so, stop the speech here (under the lock, if the
-        pause is still going on)."""
-        host = self._host
-        complete = True
-        if stage == 1:
-            try:
-                probability = await host.engines.turn.complete_probability(audio)
-            except Exception as exc:  # a full queue, a closed engine: the eagerness' cap still ends it
-                logger.warning("session %s: turn model failed: %r", host.id, exc)
-                speech.check = None
-                return
-            complete = probability >= host.settings.semantic_vad_threshold
-            logger.debug("session %s: turn complete p=%.3f", host.id, probability)
-        transcript = speech.speculation
-        if complete and transcript is not None:
-            await asyncio.wait({transcript})
-            parts = None if transcript.cancelled() else transcript.result()
-            tr = host.cfg.transcription
-            if parts is not None and sounds_unfinished("".join(parts), tr.language if tr else None):
-                complete = False
-            logger.debug("session %s: transcript %r: complete=%s", host.id, "".join(parts or []), complete)
-        speech.check = None  # from here on nothing cancels this task: it may end the turn itself
-        if not complete:
-            return
-        async with self._lock:
-            if self._speech is not speech or self._turn is None or self._turn.silence_start != silence:
-                return  # the user went on speaking, or the turn ended otherwise, meanwhile
-            event = self._turn.end_now()
-            if event is not None:
-                speech.marks["turn_complete"] = time.monotonic()
-                await self._speech_stopped(event)
 
     async def _speech_started(self, turn_event: TurnEvent) -> None:
         self._arm_idle(None)
