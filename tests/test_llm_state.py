@@ -56,7 +56,7 @@ async def converse(engine: LLMEngine, *, keyed: bool, turns: int = 3) -> dict[st
             history[key].append({"role": "user", "content": f"Tell me fact number {turn + 1} about {topic}."})
             stream = engine.chat(
                 list(history[key]),
-                params=SamplingParams(max_tokens=30, temperature=0.0),
+                params=SamplingParams(max_tokens=16, temperature=0.0),
                 priority=Priority.REALTIME,
                 cache_key=f"session-{key}-{keyed}" if keyed else None,
             )
@@ -83,7 +83,7 @@ async def test_interleaved_sessions_reuse_their_own_history(engine: LLMEngine) -
 
 async def test_a_long_http_generation_yields_to_a_realtime_turn(engine: LLMEngine) -> None:
     messages = [{"role": "user", "content": "Write a long story about a dragon who learns to sing."}]
-    params = SamplingParams(max_tokens=200, temperature=0.8, seed=1234)
+    params = SamplingParams(max_tokens=120, temperature=0.8, seed=1234)
     alone = await run(engine.chat(messages, params=params))
     assert alone.completion_tokens > 40, alone  # long enough to be preempted
 
