@@ -256,7 +256,7 @@ class Response:
         the output (they are not text for the text stages)."""
         llm = await self.ctx.llm.get(self.ctx.model)
         messages = to_messages(self.options.instructions, self._context_items)
-        params = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        params = self.options.sampling()
         held: ChatJob | None = None
         if self.speculation is not None:
             held = await self.speculation.claim_chat(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from localrt.engines.types import SamplingParams
 from localrt.realtime import formats
 from localrt.realtime import wire_config as w
 from localrt.realtime.config import SessionConfig, ga_format, tool_choice_dict, tools_tuple, voice_value
@@ -42,6 +43,10 @@ class ResponseOptions:
     @property
     def max_tokens(self) -> int | None:
         return None if self.max_output_tokens == "inf" else int(self.max_output_tokens)
+
+    def sampling(self) -> SamplingParams:
+        """The LLM's sampling settings for this response (a speculative reply must ask for the same)."""
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
         """The tools in the chat-completions format the LLM engine takes."""

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 from typing import Any, Protocol
 
-from localrt.engines.types import SamplingParams
 from localrt.errors import EngineUnavailable, InvalidRequest, RateLimited
 from localrt.realtime import budget
 from localrt.realtime import events as ev
@@ -160,7 +159,7 @@ class SessionResponses:
             items=list(host.conversation),
             tools=opts.chat_tools(),
             tool_choice=opts.chat_tool_choice(),
-            params=SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature),
+            params=opts.sampling(),
             audio_output=opts.audio_output,
             voice=opts.voice_name,
             speed=opts.speed,

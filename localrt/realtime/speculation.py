@@ -95,6 +95,12 @@ class _Held(Generic[T]):
             with contextlib.suppress(Exception):
                 await self.stream.__aexit__(None, None, None)  # cancels the job if it is still going
 
+    async def started(self) -> None:
+        """Wait until the stream was entered; raise what entering it raised (QueueFull, context length)."""
+        await self.entered.wait()
+        if self.started_at is None and self.error is not None:
+            raise self.error
+
     def seconds(self) -> float:
         if self.started_at is None:
             return 0.0
@@ -155,9 +161,7 @@ class HeldChat:
         self._held.cancel()
 
     async def __aenter__(self) -> HeldChat:
-        await self._held.entered.wait()
-        if self._held.started_at is None and self._held.error is not None:
-            raise self._held.error  # what entering the job raised (QueueFull, context length, ...)
+        await self._held.started()
         return self
 
     async def __aexit__(
@@ -181,9 +185,7 @@ class HeldSpeech:
         self._chunks = held.replay()
 
     async def __aenter__(self) -> HeldSpeech:
-        await self._held.entered.wait()
-        if self._held.started_at is None and self._held.error is not None:
-            raise self._held.error
+        await self._held.started()
         return self
 
     async def __aexit__(
