@@ -141,6 +141,12 @@ def test_beta_update_names() -> None:
             "integer_above_max_value",
             "session.turn_detection.threshold",
         ),
+        (  # semantic_vad's caps and settle times are looked up by eagerness: nothing else gets that far
+            {"turn_detection": {"type": "semantic_vad", "eagerness": "__class__"}},
+            "beta",
+            "invalid_value",
+            "session.turn_detection.eagerness",
+        ),
     ],
 )
 def test_invalid_updates_are_rejected_whole(
