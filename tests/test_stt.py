@@ -19,7 +19,9 @@ from localrt.audio.pcm import int16_to_float32
 from localrt.audio.resample import resample
 from localrt.catalog import Catalog
 from localrt.engines import Engines
+from localrt.engines import stt as stt_module
 from localrt.engines.stt import Segment, WhisperEngine, language_name
+from localrt.engines.stt_window import MAX_AUDIO_S, short_window
 from localrt.errors import InvalidRequest, ModelNotFound
 from localrt.settings import Settings
 
@@ -231,3 +233,61 @@ async def test_real_model_stream_matches_transcribe(engines: Engines, speech: li
     whole = await engines.stt.transcribe(audio)
     assert "".join(s.text for s in streamed).strip() == whole.text
     assert wer(" ".join(SENTENCES), whole.text) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_text_only_decodes_a_short_clip_in_the_short_window(
+    engines: Engines, speech: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A realtime turn's transcription (text_only) takes the 12 s window and hears the same words as the
+    full 30 s window; a clip longer than MAX_AUDIO_S takes the full window."""
+    results: list[Any] = []
+
+    def spy(*args: Any) -> Any:
+        results.append(short_window(*args))
+        return results[-1]
+
+    monkeypatch.setattr(stt_module, "short_window", spy)
+    for audio in speech:
+        fast = await engines.stt.transcribe(audio, text_only=True)
+        full = await engines.stt.transcribe(audio)
+        assert results.pop() is not None
+        assert _words(fast.text) == _words(full.text)
+        assert [(s.start, s.end) for s in fast.segments] == [(0.0, round(len(audio) / 16000, 3))]
+    long = np.concatenate([speech[0], np.zeros(int(16000 * MAX_AUDIO_S), np.float32)])
+    assert wer(SENTENCES[0], (await engines.stt.transcribe(long, text_only=True)).text) < 0.15
+    assert results == [None]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_looping_short_window_falls_back_to_the_full_window(
+    engines: Engines, speech: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whisper starting the utterance over in the short window (it can) is refused: the full window
+    transcribes the clip instead."""
+    model = engines.stt._model.model
+    real = model.generate
+    calls: list[int] = []
+
+    def looping(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        calls.append(kwargs["max_length"])
+        if len(calls) > 1:
+            return result
+        ids = result[0].sequences_ids[0]
+        return [SimpleNamespace(sequences_ids=[ids + ids[:4]], scores=[-0.1], no_speech_prob=0.0)]
+
+    monkeypatch.setattr(model, "generate", looping)
+    results: list[Any] = []
+    monkeypatch.setattr(
+        stt_module, "short_window", lambda *a: results.append(short_window(*a)) or results[-1]
+    )
+    text = (await engines.stt.transcribe(speech[1], text_only=True)).text
+    assert results == [None] and len(calls) >= 2  # refused, then the full window
+    assert wer(SENTENCES[1], text) < 0.15
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()

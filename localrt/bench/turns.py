@@ -137,7 +137,8 @@ async def verified_cut(stt: SpeechToText, pcm24: np.ndarray, cut: int, first: st
     for moved in range(VERIFY_TRIES):
         head = resample(pcm24[:cut], 24000, 16000).astype(np.float32) / 32768.0
         head = np.concatenate([head, np.zeros(4800, np.float32)])  # then silence, as in the pause
-        heard = [w for w in (_norm(w) for w in (await stt.transcribe(head, language="en")).text.split()) if w]
+        transcription = await stt.transcribe(head, language="en", text_only=True)  # as a turn's is
+        heard = [w for w in map(_norm, transcription.text.split()) if w]
         if heard and heard[-1] == last:
             return cut, moved
         cut -= step

@@ -319,7 +319,7 @@ async def floor_turn(engines: Engines, utt: Utterance) -> FloorSample:
     if engines.stt is None or engines.tts is None:
         raise RuntimeError("the voice floor needs the speech-to-text and text-to-speech engines")
     t0 = time.perf_counter()
-    transcription = await engines.stt.transcribe(utt.pcm16k, priority=Priority.REALTIME)
+    transcription = await engines.stt.transcribe(utt.pcm16k, priority=Priority.REALTIME, text_only=True)
     t1 = time.perf_counter()
     llm = await engines.llm.get(None)
     messages = [

@@ -200,8 +200,10 @@ class SpeechToText(Protocol):
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,
     ) -> ItemStream[Segment]:
-        """Segments as they are decoded (float32 mono at ``sample_rate``)."""
+        """Segments as they are decoded (float32 mono at ``sample_rate``). ``text_only``: the caller
+        reads only the segments' text (not their times), which lets an engine take a faster path."""
         ...
 
     async def transcribe(
@@ -214,6 +216,7 @@ class SpeechToText(Protocol):
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,
     ) -> Transcription: ...
 
     def stats(self) -> list[SchedulerStats]: ...

@@ -150,6 +150,7 @@ class RemoteSpeechToText:
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,  # the upstream decides how it decodes
     ) -> RemoteStream[Segment]:
         """The transcription's segments (one spanning the audio unless ``word_timestamps``)."""
         options = self._options(audio, language, prompt, temperature, task)
@@ -173,6 +174,7 @@ class RemoteSpeechToText:
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,  # the upstream decides how it decodes
     ) -> Transcription:
         options = self._options(audio, language, prompt, temperature, task)
         return await self._request(audio, options, priority, verbose=True, words=word_timestamps)

@@ -27,6 +27,7 @@ import numpy as np
 from localrt.catalog import EMBEDDED_STT_ID, Catalog
 from localrt.engines.scheduler import EngineClosed, Job, JobControl, Priority, Scheduler, SchedulerStats
 from localrt.engines.stt_bounds import Stopped, StopSignal, bound, max_new_tokens
+from localrt.engines.stt_window import short_window
 from localrt.engines.types import Segment, Task, Transcription, Word, check_transcription
 from localrt.errors import APIError, InvalidRequest, ModelNotFound, ServerError
 from localrt.settings import Settings
@@ -113,6 +114,7 @@ class WhisperEngine:
         compute_type: str,
         slots: int = 1,
         max_queue: int = 32,
+        use_short_window: bool = True,
     ) -> None:
         """``slots``: transcriptions run at once (give the CTranslate2 model as many workers);
         ``max_queue``: transcriptions waiting beyond those, past which ``stream`` / ``transcribe``
@@ -127,6 +129,8 @@ class WhisperEngine:
         if hasattr(model, "model") and hasattr(model, "feature_extractor"):
             bound(model, self._stop_signal)
         self.scheduler = Scheduler("stt", slots=slots, max_queue=max_queue)
+        # text_only clips of at most 9 s in a 12 s window (stt_window)
+        self.use_short_window = use_short_window
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: Catalog) -> WhisperEngine:
@@ -156,6 +160,7 @@ class WhisperEngine:
             compute_type=compute_type,
             slots=settings.stt_slots,
             max_queue=settings.stt_max_queue,
+            use_short_window=settings.stt_short_window,
         )
 
     def model_ids(self) -> list[str]:
@@ -176,11 +181,14 @@ class WhisperEngine:
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,
     ) -> Job[Segment]:
         """Segments as Whisper decodes them. Close the stream (``async with``) to stop early.
+        ``text_only``: the caller reads only the text, so a short clip may be decoded in a short window
+        (:mod:`.stt_window`; one segment spanning the clip).
 
         The job is queued at once: raises QueueFull / EngineClosed here, not from the iterator."""
-        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
+        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task, text_only)
 
         def segments_only(control: JobControl) -> Iterator[Segment]:
             for item in produce(control):
@@ -199,8 +207,9 @@ class WhisperEngine:
         word_timestamps: bool = False,
         task: Task = "transcribe",
         priority: Priority = Priority.HTTP,
+        text_only: bool = False,
     ) -> Transcription:
-        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task)
+        produce = self._producer(audio, language, prompt, temperature, word_timestamps, task, text_only)
         info = _Info(language or "en", len(audio) / self.sample_rate)
         segments: list[Segment] = []
         job = self.scheduler.submit(produce, priority=priority, preemptible=True)
@@ -229,6 +238,7 @@ class WhisperEngine:
         temperature: float,
         word_timestamps: bool,
         task: Task,
+        text_only: bool = False,
     ) -> Callable[[JobControl], Iterator[_Info | Segment]]:
         if self._model is None:
             raise EngineClosed("The speech-to-text engine is closed.")
@@ -247,11 +257,24 @@ class WhisperEngine:
         temperatures: Any = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if temperature == 0 else temperature
         model = self._model
         signal = self._stop_signal
+        quick = (
+            self.use_short_window
+            and text_only
+            and temperature == 0
+            and not prompt
+            and not word_timestamps
+            and task == "transcribe"
+        )
 
         def produce(control: JobControl) -> Iterator[_Info | Segment]:
             try:
                 # Before each native call: stop if closed, run waiting higher-priority jobs first.
                 with signal.watching(control):
+                    short = short_window(model, audio, language) if quick else None
+                    if short is not None:
+                        yield _Info(language or "en", audio.shape[0] / self.sample_rate)
+                        yield from short
+                        return
                     segments, info = model.transcribe(
                         audio,
                         language=language,

@@ -154,7 +154,7 @@ class Transcriber:
             prompt = settings.prompt if settings else None
             speculative = holder is not None and not holder  # not promoted before it started
             priority = Priority.SPECULATIVE if speculative else Priority.REALTIME
-            stream = stt.stream(audio, language=language, prompt=prompt, priority=priority)
+            stream = stt.stream(audio, language=language, prompt=prompt, priority=priority, text_only=True)
             if holder is not None:
                 holder[:] = [stream]
             async with stream as segments:
