@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from localrt import catalog
 from localrt.engines.llm import LLMEngine
+from localrt.engines.llm_generate import MAX_HOLD_S
 from localrt.engines.llm_stream import ChatStream
 from localrt.engines.scheduler import Priority
 from localrt.engines.types import ChatResult, SamplingParams, TextDelta
@@ -117,3 +119,35 @@ async def test_a_long_http_generation_yields_to_a_realtime_turn(engine: LLMEngin
     assert preempted.text == alone.text
     assert preempted.completion_tokens == alone.completion_tokens
     assert preempted.finish_reason == alone.finish_reason
+
+
+async def test_a_held_generation_pauses_before_its_next_token(engine: LLMEngine) -> None:
+    """A realtime reply holds its chat job while its first clause is spoken: the token loop waits, makes
+    the same reply once released, and a hold nobody releases costs one MAX_HOLD_S wait, not one per token."""
+    messages = [{"role": "user", "content": "Count from one to twenty, in words."}]
+    params = SamplingParams(max_tokens=40, temperature=0.0)
+    whole = await run(engine.chat(messages, params=params, priority=Priority.REALTIME))
+    stream = engine.chat(messages, params=params, priority=Priority.REALTIME)
+    texts: list[str] = []
+    async with stream:
+        it = aiter(stream)
+        texts.append((await anext(it)).text)
+        stream.hold()
+        await asyncio.sleep(0.2)  # the token in flight may still arrive
+        while True:
+            nxt = asyncio.ensure_future(anext(it))
+            done, _ = await asyncio.wait({nxt}, timeout=0.3)
+            if not done:
+                break
+            texts.append(nxt.result().text)
+        paused = len(texts)
+        stream.release()
+        texts.append((await asyncio.wait_for(nxt, 5)).text)
+        stream.hold()  # never released: one wait of MAX_HOLD_S, then the rest at full speed
+        started = time.monotonic()
+        async for event in it:
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+        assert time.monotonic() - started < MAX_HOLD_S + 3
+    assert paused <= 3 and len(texts) > paused + 1
+    assert "".join(texts) == whole.text

@@ -266,3 +266,44 @@ async def test_a_producer_can_yield_its_slot_explicitly(make: Schedulers) -> Non
     assert await drain(scheduler.submit(pieces("turn", 1, 0.0, log), priority=Priority.REALTIME)) == [0]
     assert pieces_between(log, ("submit", 0), ("turn", 0), "long") <= 1
     assert await drain(job) == [30] and ran == [1]
+
+
+# --- holding (a realtime reply's chat job while its first clause is spoken) -------------------------------
+async def test_a_held_job_waits_at_its_next_piece_until_released_stopped_or_needed(make: Schedulers) -> None:
+    """``hold`` pauses the producer at its next ``wait_released``; release, a stop, or another job
+    waiting for the slot ends the pause (a held job never keeps the slot from anyone)."""
+    scheduler = make(slots=1)
+    made: list[int] = []
+
+    def produce(control: JobControl) -> Iterator[int]:
+        for i in range(1000):
+            control.wait_released(30)
+            made.append(i)
+            yield i
+            time.sleep(0.005)
+
+    job = scheduler.submit(produce, priority=Priority.REALTIME)
+    assert await job.__anext__() == 0
+    job.hold()
+    await asyncio.sleep(0.2)
+    paused_at = len(made)
+    await asyncio.sleep(0.3)
+    assert len(made) == paused_at  # nothing made while held
+    job.release()
+    await until(lambda: len(made) > paused_at + 5)
+
+    job.hold()
+    await asyncio.sleep(0.2)
+    paused_at = len(made)
+    other = scheduler.submit(lambda control: iter([7]), priority=Priority.HTTP)  # waits for the slot
+    await until(lambda: len(made) > paused_at)  # the hold ended: the holder goes on (and ends later)
+    await job.aclose()
+    assert [x async for x in other] == [7]
+
+    held_job = scheduler.submit(produce, priority=Priority.REALTIME)
+    assert await held_job.__anext__() == 0
+    held_job.hold()
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await held_job.aclose()  # a stop ends the hold at once
+    assert await held_job.wait_done(5) and time.monotonic() - started < 2

@@ -114,6 +114,8 @@ class _Host(Protocol):
 
     def _promote(self, control: JobControl, priority: Priority) -> None: ...
 
+    def _queued(self) -> bool: ...
+
 
 class JobControl(threading.Event):
     """A job's stop flag (set: stop) and its preemption points, used by the producer in the worker."""
@@ -122,6 +124,38 @@ class JobControl(threading.Event):
         super().__init__()
         self._scheduler = scheduler
         self.priority = priority
+        self._released = threading.Event()  # cleared while the job is held (hold / release)
+        self._released.set()
+
+    def set(self) -> None:
+        """Stop (also ends a hold)."""
+        super().set()
+        self._released.set()
+
+    def hold(self) -> None:
+        """Ask the producer to pause at its next piece until :meth:`release` (thread safe): a realtime
+        response holds its chat job while the first clause's speech is synthesized, so that speech gets
+        the CPU instead of sharing it with the rest of the reply's tokens."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
+
+    def wait_released(self, timeout: float) -> None:
+        """In the worker, at a piece boundary: wait while the job is held, for at most ``timeout``.
+        Returns early when it is released or stopped, or when another job waits for this engine (a
+        held job never keeps a slot from anyone)."""
+        deadline = time.monotonic() + timeout
+        while self.held and not self.is_set() and not self._scheduler._queued():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._released.set()  # a hold nobody released costs one wait, not one per piece
+                return
+            self._released.wait(min(0.01, remaining))
 
     def stopped(self) -> bool:
         return self.is_set()
@@ -233,6 +267,13 @@ class Job(Generic[T]):
     def cancel(self) -> None:
         """Like :meth:`aclose`, callable from anywhere (thread safe, idempotent)."""
         self._host._cancel_entry(self.control)
+
+    def hold(self) -> None:
+        """Pause the producer at its next piece until :meth:`release` (see :meth:`JobControl.hold`)."""
+        self.control.hold()
+
+    def release(self) -> None:
+        self.control.release()
 
     def promote(self, priority: Priority) -> None:
         """Raise the job's priority (a speculative reply whose turn was confirmed): a queued job moves

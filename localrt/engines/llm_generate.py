@@ -15,6 +15,10 @@ on. ``Llama.generate`` is suspended at the token it just handed out, whose decod
 so going on costs nothing more than not stopping would have: the reply is the one an uninterrupted run
 gives (same sampler, same random state, same penalties). The decoder and stop matcher live here, so the
 text continues where it left off. A generation under a grammar is never preempted.
+
+Holding: a realtime response holds its job while the first clause of the reply is synthesized
+(:meth:`~localrt.engines.scheduler.JobControl.hold`); the loop then waits before its next token, at most
+:data:`MAX_HOLD_S`, and not while another job waits for the model.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Generated:
 
 
 Pieces = Generator[str, None, Generated]
+# The longest a held generation waits for its release (a first clause's synthesis takes 20-300 ms on a
+# CPU; its audio then plays for a second or more, while the rest of the reply is generated).
+MAX_HOLD_S = 1.0
 
 
 def generate_text(
@@ -91,6 +98,8 @@ def generate_text(
     token_stream = start(tokens)
     try:
         while len(ids) < max_tokens and not control.is_set():
+            if control.held:  # the reply's first speech is being synthesized: leave it the CPU
+                control.wait_released(MAX_HOLD_S)
             if (
                 ids
                 and grammar is None

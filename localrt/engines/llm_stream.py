@@ -92,6 +92,7 @@ class ChatStream:
         self._first: Event | None = None  # an event that came before Ready (a job without one)
         self.result = ChatResult()
         self.prompt_text = ""
+        self._hold = False  # held before the job was queued: applied once it is
 
     @property
     def priority(self) -> Priority:
@@ -103,6 +104,17 @@ class ChatStream:
         job = self._job
         if job is not None:
             job.cancel()
+
+    def hold(self) -> None:
+        """Pause generating before the next token until :meth:`release` (see :meth:`Job.hold`)."""
+        self._hold = True
+        if self._job is not None:
+            self._job.hold()
+
+    def release(self) -> None:
+        self._hold = False
+        if self._job is not None:
+            self._job.release()
 
     def promote(self, priority: Priority) -> None:
         """Raise the job's priority, queued or running (see :meth:`Job.promote`)."""
@@ -130,6 +142,8 @@ class ChatStream:
         self._job = job = self._scheduler.submit(produce, priority=self._priority)
         if cancel.is_set():  # cancel() ran before the job existed
             job.cancel()
+        if self._hold:  # hold() ran before the job existed
+            job.hold()
         try:
             first = await job.__anext__()
         except StopAsyncIteration:  # stopped before it started: iteration ends at once

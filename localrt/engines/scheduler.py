@@ -269,6 +269,9 @@ class Scheduler:
         except IndexError:
             return False
 
+    def _queued(self) -> bool:
+        return bool(self._heap)  # a racy peek: holding is advisory
+
     def _should_yield(self, priority: Priority) -> bool:
         if self._waiting_above(priority):
             return True

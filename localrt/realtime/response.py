@@ -266,6 +266,7 @@ class Response:
                 self.timings["reply_held"] = time.monotonic()
                 self.timings.update(self.speculation.marks)  # where the held work got, and when
         stream = self._stream = held if held is not None else self._open_chat(llm, messages, params)
+        self._out.chat = stream
         if self._cancel_reason is not None:  # cancelled while the held reply was being claimed
             stream.cancel()
         try:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localrt.engines.interfaces import ChatModels, TextToSpeech
+from localrt.engines.interfaces import ChatJob, ChatModels, TextToSpeech
 from localrt.engines.types import ToolCallDelta
 from localrt.pipeline import SessionPipeline
 from localrt.realtime.conversation import Content, Conversation, Item
@@ -58,6 +58,7 @@ class _Message:
         self.prev = prev
         self.content = item.content[0]
         self.chunker: ClauseChunker | None = None
+        self.spoke = False  # a clause was handed to the speech writer
         self.speech: SpeechWriter | None = None
 
 
@@ -86,6 +87,7 @@ class ResponseOutput:
         self.in_conversation = in_conversation
         self.timings = timings
         self.prefetched_speech: Prefetched | None = None  # a speculative reply's held first clause
+        self.chat: ChatJob | None = None  # the reply's chat job, held while its first clause is spoken
         self.items: list[Item] = []
         self._message: _Message | None = None
         self._calls: dict[int, _Call] = {}
@@ -153,7 +155,7 @@ class ResponseOutput:
             await self._emit(self.ctx.events.text_delta(msg.ref, text))
             return
         for clause in msg.chunker.push(text):
-            await msg.speech.speak(clause)
+            await self._speak(msg, clause)
 
     async def finish_speech(self) -> None:
         """The model's text for the message ended: speak the rest and flush the audio."""
@@ -161,8 +163,25 @@ class ResponseOutput:
         if msg is None or msg.chunker is None or msg.speech is None:
             return
         for clause in msg.chunker.flush():
-            await msg.speech.speak(clause)
+            await self._speak(msg, clause)
         await msg.speech.flush()
+
+    async def _speak(self, msg: _Message, clause: str) -> None:
+        """Speak a clause. While the reply's first clause is synthesized the chat job is held (it pauses
+        before its next token, see JobControl.hold): on a CPU the two would share the cores, and the
+        first audio is what the user waits for; the rest of the reply is needed only once it plays."""
+        assert msg.speech is not None
+        chat = self.chat if not msg.spoke else None
+        msg.spoke = True
+        hold, release = getattr(chat, "hold", None), getattr(chat, "release", None)
+        if hold is None or release is None:
+            await msg.speech.speak(clause)
+            return
+        hold()
+        try:
+            await msg.speech.speak(clause)
+        finally:
+            release()
 
     # --- function calls ------------------------------------------------------------------------------------
     async def tool_call(self, delta: ToolCallDelta) -> None:

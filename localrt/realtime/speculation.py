@@ -160,6 +160,12 @@ class HeldChat:
     def cancel(self) -> None:
         self._held.cancel()
 
+    def hold(self) -> None:
+        _call(self._held.stream, "hold")
+
+    def release(self) -> None:
+        _call(self._held.stream, "release")
+
     async def __aenter__(self) -> HeldChat:
         await self._held.started()
         return self
@@ -299,7 +305,16 @@ class ReplySpeculation:
         stream = plan.tts.stream(text, voice=plan.voice, speed=plan.speed, priority=Priority.SPECULATIVE)
         self._speech_key = (text, plan.voice, plan.speed)
         self.marks["held_first_clause"] = time.monotonic()
-        self.speech = self._spoken = _Held(stream, f"speculative-tts-{self.item_id}", plan.spawn)
+        chat = self.chat
+        if chat is not None:  # its speech first: the rest of the reply waits (see ResponseOutput._speak)
+            _call(chat.stream, "hold")
+
+        def release(*_: object) -> None:  # at its first audio chunk, or when it ends without one
+            if chat is not None:
+                _call(chat.stream, "release")
+
+        self.speech = self._spoken = _Held(stream, f"speculative-tts-{self.item_id}", plan.spawn, release)
+        self.speech.task.add_done_callback(release)
 
     # --- the response's side ----------------------------------------------------------------------------------
     async def claim_chat(
@@ -387,6 +402,13 @@ class ReplySpeculation:
         }
         if self.plan.totals is not None:
             self.plan.totals.record(outcome, seconds)
+
+
+def _call(stream: Any, method: str) -> None:
+    """``stream.<method>()`` where the engine's stream has it (a local chat job's hold / release)."""
+    fn = getattr(stream, method, None)
+    if fn is not None:
+        fn()
 
 
 def chat_key(
