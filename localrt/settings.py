@@ -153,8 +153,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="CPU threads for llama.cpp. Unset: all CPU cores but one (at least 1), which stays "
-        "free for Whisper, Piper and the event loop; a prompt is evaluated with all cores when no other "
-        "engine is busy on the CPU at that moment.",
+        "free for Whisper, Piper and the event loop; the prompt and each token use all cores while no "
+        "other engine is busy on the CPU.",
     )
     n_batch: int = Field(512, ge=1, description="llama.cpp prompt-processing batch size.")
     llm_mmproj: Path | None = Field(

@@ -63,11 +63,13 @@ def generate_text(
     grammar: LlamaGrammar | None = None,
     *,
     on_resume: Callable[[], None] | None = None,
+    before_token: Callable[[], None] | None = None,
 ) -> Pieces:
     """Yield text pieces as llama.cpp makes them; return how it ended. See the module docstring.
 
     ``on_resume`` runs after a preemption, before this job's context is put back (to keep what the
-    jobs that ran meanwhile left in the context)."""
+    jobs that ran meanwhile left in the context); ``before_token`` before each evaluation (the prompt's
+    and then each token's)."""
     import llama_cpp
 
     vocab = llama._model.vocab
@@ -110,6 +112,8 @@ def generate_text(
                 token_stream = start(tokens + ids)
             if control.is_set():
                 break
+            if before_token is not None:
+                before_token()  # the threads for the next evaluation (the prompt's, then each token's)
             token = next(token_stream)
             ids.append(token)
             if llama_cpp.llama_vocab_is_eog(vocab, token):

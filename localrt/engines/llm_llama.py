@@ -64,12 +64,13 @@ class LlamaBackend:
         self.sessions.clear()
         self.llama.close()
 
-    def _choose_prompt_threads(self) -> None:
-        """All cores for the prompt when this job is the only one working on the CPU, else the usual
-        threads. Evaluating a prompt is the chat model's part of a voice turn's critical path (25 tokens:
-        140 ms on 2 threads, 200-390 ms on 1, on 2 cores), but llama.cpp's threads spin at every
-        barrier: with another engine busy on the cores, more threads are slower, not faster. Token
-        generation keeps the usual threads (it runs beside Piper)."""
+    def _choose_threads(self) -> None:
+        """All cores when this job is the only one working on the CPU, else the usual threads; asked
+        before the prompt and before every token. A voice turn's prompt (25 tokens: 140 ms on 2 threads,
+        200-390 ms on 1, on 2 cores) and its first clause (a token: ~13 ms on 2 threads, ~20 on 1) are
+        on its critical path, and while the reply's first clause is synthesized the job is held, so they
+        mostly run alone. But llama.cpp's threads spin at every barrier: with another engine busy on
+        the cores, more threads are slower, not faster, so the choice is made again at each token."""
         if self._prompt_threads is None:
             return
         import llama_cpp
@@ -77,7 +78,7 @@ class LlamaBackend:
         threads, cores = self._prompt_threads
         wanted = cores if CPU_JOBS.active <= 1 else threads  # 1: this job itself
         if wanted != self._batch_threads:
-            llama_cpp.llama_set_n_threads(self.llama._ctx.ctx, threads, wanted)
+            llama_cpp.llama_set_n_threads(self.llama._ctx.ctx, wanted, wanted)
             self._batch_threads = wanted
 
     # -- job bodies (worker thread) -----------------------------------------------------------------------
@@ -138,8 +139,16 @@ class LlamaBackend:
         def resume() -> None:  # a preempted generation goes on: whatever ran meanwhile is kept first
             self.sessions.flush(self.llama)
 
-        self._choose_prompt_threads()
-        return generate_text(self.llama, control, tokens, params, stop, grammar, on_resume=resume)
+        return generate_text(
+            self.llama,
+            control,
+            tokens,
+            params,
+            stop,
+            grammar,
+            on_resume=resume,
+            before_token=self._choose_threads,
+        )
 
     def _chat(
         self,
@@ -182,9 +191,16 @@ class LlamaBackend:
             top_p=params.top_p,
             seed=params.seed,
         )
-        self._choose_prompt_threads()
         end = run_to_end(
-            generate_text(self.llama, control, call_tokens, call_params, [], prompt.call_grammar)
+            generate_text(
+                self.llama,
+                control,
+                call_tokens,
+                call_params,
+                [],
+                prompt.call_grammar,
+                before_token=self._choose_threads,
+            )
         )
         if control.is_set():
             return
