@@ -278,9 +278,20 @@ class Scheduler:
         return self.shares_cpu and priority > Priority.SPECULATIVE and INTERACTIVE.active > 0
 
     def _yield(self, control: JobControl) -> int:
+        # While it is suspended (jobs run nested in its place, or it pauses for interactive work) the
+        # job uses no CPU: it leaves CPU_JOBS, so the job that runs meanwhile may take every core.
+        if not self.shares_cpu:
+            return self._run_waiting_above(control.priority)
+        CPU_JOBS.leave()
+        try:
+            return self._suspend(control)
+        finally:
+            CPU_JOBS.enter()
+
+    def _suspend(self, control: JobControl) -> int:
         priority = control.priority
         ran = self._run_waiting_above(priority)
-        if not self.shares_cpu or priority <= Priority.SPECULATIVE:
+        if priority <= Priority.SPECULATIVE:
             return ran
         deadline = time.monotonic() + MAX_PAUSE_S
         while INTERACTIVE.active > 0 and not control.is_set() and not self._closed:
