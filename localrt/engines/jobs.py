@@ -3,7 +3,9 @@
 :class:`Job` is the caller's handle on the event loop (an async iterator of the job's items);
 :class:`JobState` is what the scheduler's queue and workers hold. The handle is the only owner of
 itself: dropping it without closing it cancels the job (a finalizer), because the scheduler holds
-only the state. :class:`JobControl` is the producer's view in the worker thread.
+only the state. :class:`JobControl` is the producer's view in the worker thread. The errors a job's
+caller sees from its scheduler (:class:`QueueFull`, :class:`EngineClosed`) and the scheduler's
+:class:`SchedulerStats` live here too; :mod:`.scheduler` exports them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,35 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
+from localrt.errors import RateLimited, ServiceUnavailable
+
 T = TypeVar("T")
+
+
+class QueueFull(RateLimited):
+    """429: the engine's queue is full."""
+
+
+class EngineClosed(ServiceUnavailable):
+    """503: the engine was closed (shut down or evicted) before or while the job ran."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    engine: str
+    slots: int
+    max_queue: int
+    queued: int
+    running: int
+    preempted: int
+    completed: int
+    rejected: int
+    queued_by_priority: dict[str, int] = field(default_factory=dict)
 
 
 class Priority(IntEnum):

@@ -45,6 +45,7 @@ from localrt.engines.jobs import (
     CPU_JOBS,
     INTERACTIVE,
     End,
+    EngineClosed,
     Failure,
     InteractiveBoard,
     Job,
@@ -54,11 +55,12 @@ from localrt.engines.jobs import (
     Outcome,
     Priority,
     Produce,
+    QueueFull,
+    SchedulerStats,
     add_job_observer,
     job_observers,
     remove_job_observer,
 )
-from localrt.errors import RateLimited, ServiceUnavailable
 
 __all__ = [
     "CPU_JOBS",
@@ -80,27 +82,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class QueueFull(RateLimited):
-    """429: the engine's queue is full."""
-
-
-class EngineClosed(ServiceUnavailable):
-    """503: the engine was closed (shut down or evicted) before or while the job ran."""
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    engine: str
-    slots: int
-    max_queue: int
-    queued: int
-    running: int
-    preempted: int
-    completed: int
-    rejected: int
-    queued_by_priority: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(order=True)

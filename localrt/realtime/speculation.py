@@ -26,188 +26,23 @@ each engine spent on it (:class:`~localrt.timings.SpeculationTotals`: ``GET /deb
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from localrt.engines.interfaces import ChatJob, ChatModels, ItemStream, TextToSpeech
 from localrt.engines.scheduler import Priority
-from localrt.engines.types import AudioChunk, ChatResult, SamplingParams, TextDelta
+from localrt.engines.types import AudioChunk, SamplingParams, TextDelta
 from localrt.realtime.conversation import Content, Item, to_messages
+from localrt.realtime.held import Held, HeldChat, HeldSpeech, call
 from localrt.text.chunker import ClauseChunker, speakable
 from localrt.timings import SpeculationTotals
 
 __all__ = ["ReplyPlan", "ReplySpeculation"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-class _Held(Generic[T]):
-    """An engine stream started before anyone asked for it: a task reads it into a buffer, which a
-    claimant then replays and follows. Cancelling the task leaves the stream (never waits)."""
-
-    def __init__(
-        self,
-        stream: Any,
-        name: str,
-        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
-        on_item: Callable[[T], None] | None = None,
-    ) -> None:
-        self.stream = stream
-        self.items: list[T] = []
-        self.error: BaseException | None = None
-        self.done = False
-        self.started_at: float | None = None  # the engine began (the job left its queue)
-        self.first_at: float | None = None  # its first item
-        self.ended_at: float | None = None
-        self.entered = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._on_item = on_item
-        self.task = spawn(self._pump(), name)  # a task of the session: torn down with it
-
-    async def _pump(self) -> None:
-        try:
-            await self.stream.__aenter__()
-            self.started_at = time.monotonic()
-            self.entered.set()
-            async for item in self.stream:
-                if self.first_at is None:
-                    self.first_at = time.monotonic()
-                self.items.append(item)
-                self._changed.set()
-                if self._on_item is not None:
-                    self._on_item(item)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # raised to the claimant, where a response reports it
-            self.error = exc
-        finally:
-            self.done = True
-            self.ended_at = time.monotonic()
-            self.entered.set()
-            self._changed.set()
-            with contextlib.suppress(Exception):
-                await self.stream.__aexit__(None, None, None)  # cancels the job if it is still going
-
-    async def started(self) -> None:
-        """Wait until the stream was entered; raise what entering it raised (QueueFull, context length)."""
-        await self.entered.wait()
-        if self.started_at is None and self.error is not None:
-            raise self.error
-
-    def seconds(self) -> float:
-        if self.started_at is None:
-            return 0.0
-        return (self.ended_at or time.monotonic()) - self.started_at
-
-    def promote(self) -> None:
-        promote = getattr(self.stream, "promote", None)
-        if promote is not None:
-            promote(Priority.REALTIME)
-
-    def cancel(self) -> None:
-        cancel = getattr(self.stream, "cancel", None)
-        if cancel is not None:
-            cancel()  # thread safe: the worker stops at its next token or chunk
-        self.task.cancel()
-
-    async def replay(self) -> AsyncIterator[T]:
-        i = 0
-        while True:
-            if i < len(self.items):
-                i += 1
-                yield self.items[i - 1]
-                continue
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            self._changed.clear()
-            if i >= len(self.items) and not self.done:
-                await self._changed.wait()
-
-
-class HeldChat:
-    """A held chat job as the response sees it (a :class:`~localrt.engines.interfaces.ChatJob`)."""
-
-    def __init__(self, held: _Held[Any]) -> None:
-        self._held = held
-        self._events = held.replay()
-
-    @property
-    def result(self) -> ChatResult:
-        result: ChatResult = self._held.stream.result
-        return result
-
-    @result.setter
-    def result(self, value: ChatResult) -> None:
-        self._held.stream.result = value
-
-    @property
-    def prompt_text(self) -> str:
-        return str(self._held.stream.prompt_text)
-
-    @prompt_text.setter
-    def prompt_text(self, value: str) -> None:
-        self._held.stream.prompt_text = value
-
-    def cancel(self) -> None:
-        self._held.cancel()
-
-    def hold(self) -> None:
-        _call(self._held.stream, "hold")
-
-    def release(self) -> None:
-        _call(self._held.stream, "release")
-
-    async def __aenter__(self) -> HeldChat:
-        await self._held.started()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._held.done:
-            self._held.cancel()
-
-    def __aiter__(self) -> HeldChat:
-        return self
-
-    async def __anext__(self) -> Any:
-        return await self._events.__anext__()
-
-
-class HeldSpeech:
-    """A held synthesis as the speech writer sees it (an :class:`ItemStream` of audio chunks)."""
-
-    def __init__(self, held: _Held[AudioChunk]) -> None:
-        self._held = held
-        self._chunks = held.replay()
-
-    async def __aenter__(self) -> HeldSpeech:
-        await self._held.started()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if not self._held.done:
-            self._held.cancel()
-
-    def __aiter__(self) -> HeldSpeech:
-        return self
-
-    async def __anext__(self) -> AudioChunk:
-        return await self._chunks.__anext__()
 
 
 @dataclass
@@ -241,9 +76,9 @@ class ReplySpeculation:
         self._stt_started = time.monotonic()
         self._stt_ended: float | None = None
         self._decided = asyncio.Event()  # the chat job exists, or never will
-        self.chat: _Held[Any] | None = None
-        self.speech: _Held[AudioChunk] | None = None  # until the response claims it
-        self._spoken: _Held[AudioChunk] | None = None  # the same, kept for the count
+        self.chat: Held[Any] | None = None
+        self.speech: Held[AudioChunk] | None = None  # until the response claims it
+        self._spoken: Held[AudioChunk] | None = None  # the same, kept for the count
         self._key: tuple[Any, ...] | None = None
         self._speech_key: tuple[str, str, float] | None = None
         self._chunker = ClauseChunker() if plan.audio_output and plan.tts is not None else None
@@ -279,7 +114,7 @@ class ReplySpeculation:
                 cache_key=plan.session_id,
             )
             self._key = chat_key(messages, plan.tools, plan.tool_choice, plan.params, plan.session_id)
-            self.chat = _Held(stream, f"speculative-llm-{self.item_id}", plan.spawn, self._on_event)
+            self.chat = Held(stream, f"speculative-llm-{self.item_id}", plan.spawn, self._on_event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the response will try again itself, and report what fails
@@ -307,13 +142,13 @@ class ReplySpeculation:
         self.marks["held_first_clause"] = time.monotonic()
         chat = self.chat
         if chat is not None:  # its speech first: the rest of the reply waits (see ResponseOutput._speak)
-            _call(chat.stream, "hold")
+            call(chat.stream, "hold")
 
         def release(*_: object) -> None:  # at its first audio chunk, or when it ends without one
             if chat is not None:
-                _call(chat.stream, "release")
+                call(chat.stream, "release")
 
-        self.speech = self._spoken = _Held(stream, f"speculative-tts-{self.item_id}", plan.spawn, release)
+        self.speech = self._spoken = Held(stream, f"speculative-tts-{self.item_id}", plan.spawn, release)
         self.speech.task.add_done_callback(release)
 
     # --- the response's side ----------------------------------------------------------------------------------
@@ -402,13 +237,6 @@ class ReplySpeculation:
         }
         if self.plan.totals is not None:
             self.plan.totals.record(outcome, seconds)
-
-
-def _call(stream: Any, method: str) -> None:
-    """``stream.<method>()`` where the engine's stream has it (a local chat job's hold / release)."""
-    fn = getattr(stream, method, None)
-    if fn is not None:
-        fn()
 
 
 def chat_key(
