@@ -39,9 +39,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from localrt.engines.interfaces import ChatJob, ChatModel
+from localrt.engines.interfaces import ChatJob
 from localrt.engines.scheduler import Priority
-from localrt.engines.types import SamplingParams, TextDelta, ToolCallDelta
+from localrt.engines.types import TextDelta, ToolCallDelta
 from localrt.errors import APIError, ServerError
 from localrt.pipeline import Reply, StageContext, Turn, answer, chained, text_pieces
 from localrt.realtime.conversation import Item, to_messages
@@ -255,17 +255,16 @@ class Response:
         """The LLM's reply to the context: its text, as it streams; its function calls go straight to
         the output (they are not text for the text stages)."""
         llm = await self.ctx.llm.get(self.ctx.model)
-        messages = to_messages(self.options.instructions, self._context_items)
-        params = self.options.sampling()
+        call = self.options.chat_call(
+            to_messages(self.options.instructions, self._context_items), self.cache_key
+        )
         held: ChatJob | None = None
         if self.speculation is not None:
-            held = await self.speculation.claim_chat(
-                messages, self.options.chat_tools(), self.options.chat_tool_choice(), params, self.cache_key
-            )
+            held = await self.speculation.claim_chat(call)
             if held is not None:
                 self.timings["reply_held"] = time.monotonic()
                 self.timings.update(self.speculation.marks)  # where the held work got, and when
-        stream = self._stream = held if held is not None else self._open_chat(llm, messages, params)
+        stream = self._stream = held if held is not None else call.open(llm, Priority.REALTIME)
         self._out.chat = stream
         if self._cancel_reason is not None:  # cancelled while the held reply was being claimed
             stream.cancel()
@@ -284,19 +283,6 @@ class Response:
             self._completion_tokens += result.completion_tokens
             self._cached_tokens += result.cached_tokens
             self._finish_reason = str(result.finish_reason)
-
-    def _open_chat(self, llm: ChatModel, messages: list[dict[str, Any]], params: SamplingParams) -> ChatJob:
-        """The chat job. When the history no longer fits the context (truncation "auto"), the engine
-        drops its oldest whole turns, in one cut and in its worker thread, never on the event loop."""
-        return llm.chat(
-            messages,
-            tools=self.options.chat_tools(),
-            tool_choice=self.options.chat_tool_choice(),
-            params=params,
-            truncate_history=True,
-            priority=Priority.REALTIME,
-            cache_key=self.cache_key,
-        )
 
     # --- wire shape, usage, timings ------------------------------------------------------------------------
     @property

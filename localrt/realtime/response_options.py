@@ -11,12 +11,39 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from localrt.engines.interfaces import ChatJob, ChatModel
+from localrt.engines.scheduler import Priority
 from localrt.engines.types import SamplingParams
 from localrt.realtime import formats
 from localrt.realtime import wire_config as w
 from localrt.realtime.config import SessionConfig, ga_format, tool_choice_dict, tools_tuple, voice_value
 from localrt.realtime.events import Dialect, validation_error
 from localrt.realtime.formats import AudioFormat
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One response's chat request, as the engine gets it. Two are the same request when they are equal:
+    a speculative reply's held job is taken over only by a response that would ask exactly this."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    params: SamplingParams
+    cache_key: str | None
+
+    def open(self, llm: ChatModel, priority: Priority) -> ChatJob:
+        """The chat job. When the history no longer fits the context (truncation "auto"), the engine
+        drops its oldest whole turns, in one cut and in its worker thread, never on the event loop."""
+        return llm.chat(
+            self.messages,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            params=self.params,
+            truncate_history=True,
+            priority=priority,
+            cache_key=self.cache_key,
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,10 @@ class ResponseOptions:
     def sampling(self) -> SamplingParams:
         """The LLM's sampling settings for this response (a speculative reply must ask for the same)."""
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
+
+    def chat_call(self, messages: list[dict[str, Any]], cache_key: str | None) -> ChatCall:
+        """This response's chat request over ``messages``."""
+        return ChatCall(messages, self.chat_tools(), self.chat_tool_choice(), self.sampling(), cache_key)
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
         """The tools in the chat-completions format the LLM engine takes."""

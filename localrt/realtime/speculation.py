@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from localrt.engines.interfaces import ChatJob, ChatModels, ItemStream, TextToSpeech
@@ -37,6 +37,7 @@ from localrt.engines.scheduler import Priority
 from localrt.engines.types import AudioChunk, SamplingParams, TextDelta
 from localrt.realtime.conversation import Content, Item, to_messages
 from localrt.realtime.held import Held, HeldChat, HeldSpeech, call
+from localrt.realtime.response_options import ChatCall
 from localrt.text.chunker import ClauseChunker, speakable
 from localrt.timings import SpeculationTotals
 
@@ -63,7 +64,6 @@ class ReplyPlan:
     speed: float
     spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
     totals: SpeculationTotals | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplySpeculation:
@@ -79,7 +79,7 @@ class ReplySpeculation:
         self.chat: Held[Any] | None = None
         self.speech: Held[AudioChunk] | None = None  # until the response claims it
         self._spoken: Held[AudioChunk] | None = None  # the same, kept for the count
-        self._key: tuple[Any, ...] | None = None
+        self._call: ChatCall | None = None  # the held chat job's request
         self._speech_key: tuple[str, str, float] | None = None
         self._chunker = ClauseChunker() if plan.audio_output and plan.tts is not None else None
         self._claimed = False
@@ -104,16 +104,8 @@ class ReplySpeculation:
             )
             messages = to_messages(plan.instructions, [*plan.items, turn])
             llm = await plan.llm.get(plan.model)
-            stream = llm.chat(
-                messages,
-                tools=plan.tools,
-                tool_choice=plan.tool_choice,
-                params=plan.params,
-                truncate_history=True,
-                priority=Priority.SPECULATIVE,
-                cache_key=plan.session_id,
-            )
-            self._key = chat_key(messages, plan.tools, plan.tool_choice, plan.params, plan.session_id)
+            self._call = ChatCall(messages, plan.tools, plan.tool_choice, plan.params, plan.session_id)
+            stream = self._call.open(llm, Priority.SPECULATIVE)
             self.chat = Held(stream, f"speculative-llm-{self.item_id}", plan.spawn, self._on_event)
         except asyncio.CancelledError:
             raise
@@ -152,21 +144,14 @@ class ReplySpeculation:
         self.speech.task.add_done_callback(release)
 
     # --- the response's side ----------------------------------------------------------------------------------
-    async def claim_chat(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        tool_choice: str | dict[str, Any] | None,
-        params: SamplingParams,
-        cache_key: str | None,
-    ) -> ChatJob | None:
+    async def claim_chat(self, call: ChatCall) -> ChatJob | None:
         """The held LLM job, if it is exactly the request given (then promoted to REALTIME); else None,
         and the held work is discarded."""
         await self._decided.wait()
         held = self.chat
         if held is None or self._settled or self._claimed:
             return None
-        if self._key != chat_key(messages, tools, tool_choice, params, cache_key):
+        if call != self._call:
             logger.info("speculative reply for %s does not match its turn's request: discarded", self.item_id)
             self.discard()
             return None
@@ -237,13 +222,3 @@ class ReplySpeculation:
         }
         if self.plan.totals is not None:
             self.plan.totals.record(outcome, seconds)
-
-
-def chat_key(
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None,
-    tool_choice: str | dict[str, Any] | None,
-    params: SamplingParams,
-    cache_key: str | None,
-) -> tuple[Any, ...]:
-    return (messages, tools, tool_choice, params, cache_key)

@@ -20,6 +20,7 @@ from sched_helpers import Blocked, drain, pieces, tags
 from localrt.engines.scheduler import Priority
 from localrt.engines.types import SamplingParams
 from localrt.realtime.config import TurnDetection
+from localrt.realtime.response_options import ChatCall
 from localrt.realtime.speculation import ReplyPlan, ReplySpeculation
 from localrt.realtime.turn import RATE, WINDOW, TurnDetector
 from localrt.text.endings import sounds_unfinished
@@ -80,7 +81,7 @@ async def test_a_held_reply_is_claimed_replayed_and_continued() -> None:
     await until(lambda: tts.texts)  # the first clause is being spoken while the turn is unconfirmed
     assert llm.prompts == [messages()] and llm.priorities == [Priority.SPECULATIVE]
     assert tts.priorities == [Priority.SPECULATIVE]
-    held = await spec.claim_chat(messages(), None, None, PARAMS, "sess_1")
+    held = await spec.claim_chat(ChatCall(messages(), None, None, PARAMS, "sess_1"))
     assert held is not None
     async with held:
         text = "".join([e.text async for e in held])
@@ -100,7 +101,7 @@ async def test_a_held_reply_is_claimed_replayed_and_continued() -> None:
 async def test_another_request_gets_nothing_and_the_held_work_stops() -> None:
     spec, llm, tts, totals = setup(reply=" ".join(["word"] * 400), delay=0.01)
     await until(lambda: llm.tokens_generated > 2)
-    assert await spec.claim_chat(messages("Something else?"), None, None, PARAMS, "sess_1") is None
+    assert await spec.claim_chat(ChatCall(messages("Something else?"), None, None, PARAMS, "sess_1")) is None
     await until(lambda: not llm.scheduler.busy and not tts.scheduler.busy)  # cancelled within a token
     assert llm.tokens_generated < 100
     assert spec.claim_speech("word word", "alloy", 1.0) is None
@@ -114,7 +115,7 @@ async def test_a_discarded_reply_stops_and_a_later_claim_gets_nothing() -> None:
     await until(lambda: llm.tokens_generated > 0)
     spec.discard()  # the user went on speaking
     await until(lambda: not llm.scheduler.busy)
-    assert await spec.claim_chat(messages(), None, None, PARAMS, "sess_1") is None
+    assert await spec.claim_chat(ChatCall(messages(), None, None, PARAMS, "sess_1")) is None
     spec.discard()
     spec.finish()
     assert totals.snapshot()["discarded"]["count"] == 1
@@ -123,7 +124,7 @@ async def test_a_discarded_reply_stops_and_a_later_claim_gets_nothing() -> None:
 async def test_speech_of_another_clause_is_not_claimed() -> None:
     spec, _llm, tts, totals = setup()
     await until(lambda: tts.texts)
-    held = await spec.claim_chat(messages(), None, None, PARAMS, "sess_1")
+    held = await spec.claim_chat(ChatCall(messages(), None, None, PARAMS, "sess_1"))
     assert held is not None
     assert spec.claim_speech("A different first clause", "alloy", 1.0) is None
     assert spec.claim_speech(tts.texts[0], "alloy", 1.0) is None  # asked once: the first clause only
