@@ -123,8 +123,8 @@ class InteractiveBoard:
 
 
 INTERACTIVE = InteractiveBoard()
-# Every job running now in an engine that shares the CPU, whatever its priority (the chat model reads it
-# to decide how many threads evaluate a prompt).
+# Every job running now in an engine that shares the CPU, whatever its priority, but for one suspended
+# while others run in its place (the chat model reads it to choose its threads before each evaluation).
 CPU_JOBS = InteractiveBoard()
 
 

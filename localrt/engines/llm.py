@@ -153,7 +153,7 @@ class LLMEngine:
                 llama,
                 state_cache_bytes=settings.llm_state_cache_mb * 2**20,
                 vision=vision,
-                prompt_threads=(settings.resolved_n_threads(), cores) if adaptive else None,
+                adaptive_threads=(settings.resolved_n_threads(), cores) if adaptive else None,
             )
         except BaseException:
             llama.close()

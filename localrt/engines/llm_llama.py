@@ -47,13 +47,13 @@ class LlamaBackend:
         *,
         state_cache_bytes: int,
         vision: VisionEncoder | None = None,
-        prompt_threads: tuple[int, int] | None = None,
+        adaptive_threads: tuple[int, int] | None = None,
     ) -> None:
-        """``prompt_threads``: (threads, all cores) to evaluate prompts with all cores when no other
-        engine is working on the CPU (None: the context's own setting, always)."""
+        """``adaptive_threads``: (threads, all cores) to evaluate prompts and tokens with all cores when
+        no other engine is working on the CPU (None: the context's own setting, always)."""
         self.llama = llama
-        self._prompt_threads = prompt_threads
-        self._batch_threads = prompt_threads[0] if prompt_threads is not None else 0
+        self._adaptive_threads = adaptive_threads
+        self._threads_now = adaptive_threads[0] if adaptive_threads is not None else 0
         self.n_ctx: int = llama.n_ctx()
         self.vision = vision  # the model's projector (--llm-mmproj): prompts may hold images
         marker = vision.marker if vision is not None else None
@@ -71,15 +71,15 @@ class LlamaBackend:
         on its critical path, and while the reply's first clause is synthesized the job is held, so they
         mostly run alone. But llama.cpp's threads spin at every barrier: with another engine busy on
         the cores, more threads are slower, not faster, so the choice is made again at each token."""
-        if self._prompt_threads is None:
+        if self._adaptive_threads is None:
             return
         import llama_cpp
 
-        threads, cores = self._prompt_threads
+        threads, cores = self._adaptive_threads
         wanted = cores if CPU_JOBS.active <= 1 else threads  # 1: this job itself
-        if wanted != self._batch_threads:
+        if wanted != self._threads_now:
             llama_cpp.llama_set_n_threads(self.llama._ctx.ctx, wanted, wanted)
-            self._batch_threads = wanted
+            self._threads_now = wanted
 
     # -- job bodies (worker thread) -----------------------------------------------------------------------
     def chat(self, control: JobControl, req: ChatRequest) -> Iterator[Item]:
