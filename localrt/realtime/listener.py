@@ -245,10 +245,13 @@ class Listener(SemanticTurns):
         speech, turn, td = self._speech, self._turn, self._host.cfg.turn_detection
         if speech is None or turn is None or td is None or speech.speculation is not None:
             return
-        silence = turn.silence_start
-        if silence is None or self._host.engines.stt is None or turn.window_ms < SPECULATE_AFTER_MS + 100:
+        if (
+            turn.silence_start is None
+            or self._host.engines.stt is None
+            or turn.window_ms < SPECULATE_AFTER_MS + 100
+        ):
             return
-        if turn.position - silence >= SPECULATE_AFTER_MS * SAMPLES_PER_MS:
+        if turn.silence_ms >= SPECULATE_AFTER_MS:
             audio = self.audio.slice(speech.start, self.audio.end, np.int16)  # a copy, at memcpy speed
             speech.speculation = self.transcriber.speculate(audio, f"stt-speculative-{speech.item_id}")
             speech.reply = self._host.speculate_reply(speech.item_id, speech.speculation)
