@@ -291,3 +291,19 @@ async def test_a_looping_short_window_falls_back_to_the_full_window(
 
 def _words(text: str) -> list[str]:
     return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_text_only_noise_and_silence_stay_bounded(engines: Engines) -> None:
+    """Hostile turn audio for the short window: loud noise and digital silence give a short text (or
+    none), never a runaway decode; a clip just past MAX_AUDIO_S takes the 30 s window."""
+    rng = np.random.default_rng(7)
+    for audio in (
+        np.clip(rng.standard_normal(16000 * 3) * 0.5, -1, 1).astype(np.float32),
+        np.zeros(16000 * 2, np.float32),
+        np.clip(rng.standard_normal(int(16000 * (MAX_AUDIO_S + 0.5))) * 0.5, -1, 1).astype(np.float32),
+    ):
+        result = await engines.stt.transcribe(audio, text_only=True)
+        assert len(result.text.split()) <= 40, result.text
+        assert all(s.end <= len(audio) / 16000 + 0.5 for s in result.segments)
